@@ -28,7 +28,8 @@ import sqlite3
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
-from itertools import compress
+from collections import Counter
+from itertools import accumulate, compress
 from operator import neg
 
 import audit_dataset
@@ -143,20 +144,14 @@ class _Attribute:
         self.code_of = {v: c for c, v in enumerate(self.values)}
         self.codes = array(_typecode(len(self.values)),
                            map(self.code_of.__getitem__, column))
-        # Counting sort: one bucket per value, filled in position order.
-        buckets = [[] for _ in self.values]
-        appenders = [bucket.append for bucket in buckets]
-        for position, code in enumerate(self.codes):
-            appenders[code](position)
-        starts = array("Q", [0])
-        total = 0
-        for bucket in buckets:
-            total += len(bucket)
-            starts.append(total)
-        self.starts = starts
-        self.postings = array(position_type)
-        for bucket in buckets:
-            self.postings.extend(bucket)
+        # A stable sort by code groups the positions by value and keeps
+        # each group ascending; it beats filling one list per value when
+        # values are many (resource ids), and matches it when they are few.
+        counts = Counter(self.codes)
+        self.starts = array("Q", accumulate(
+            map(counts.__getitem__, range(len(self.values))), initial=0))
+        self.postings = array(position_type, sorted(
+            range(len(self.codes)), key=self.codes.__getitem__))
 
     def lookup(self, value):
         # Equal numbers hash alike (42 == 42.0), as SQLite compares them;

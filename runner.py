@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Load harness and dataset tools for the audit log query modules.
+
+``python3 runner.py`` seeds the dataset if needed and benchmarks the
+baseline and the enhanced module on one shared query sequence, printing
+an aligned table to stdout (progress goes to stderr).  Subcommands:
+``seed``, ``scale``, ``import``, ``query`` and ``soak``; ``--help`` on
+each lists its flags.
+"""
+
+import argparse
+import concurrent.futures
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+
+import audit_dataset
+import audit_log_service
+import enhanced_audit_log_service
+from audit_query import pick_query
+
+__all__ = ["run", "summarize", "benchmark_pair", "main"]
+
+IMPLEMENTATIONS = {
+    "baseline": audit_log_service,
+    "enhanced": enhanced_audit_log_service,
+}
+METRIC_KEYS = ("count", "concurrency", "rps", "p50_ms", "p90_ms", "p95_ms",
+               "p99_ms", "avg_ms")
+
+
+def run(load_fn, warmup, total, concurrency):
+    """Call ``load_fn`` ``warmup`` times, then ``total`` times on threads.
+
+    ``load_fn`` returns a ``(t0, t1)`` pair of ``time.perf_counter()``
+    readings; its latency is ``t1 - t0``.  The ``total`` calls run on a pool
+    of ``concurrency`` threads, which start together.  Returns
+    ``(metrics, latencies_ms)``: metrics has count, concurrency, rps and
+    the p50, p90, p95, p99 and average latency in milliseconds
+    (percentiles by linear interpolation).
+    """
+    for name, value in (("warmup", warmup), ("total", total),
+                        ("concurrency", concurrency)):
+        if type(value) is not int or value < (0 if name == "warmup" else 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for _ in range(warmup):
+        load_fn()
+
+    latencies_ms = [0.0] * total
+    tickets = itertools.count()  # next() on it is atomic under the GIL
+    start_line = threading.Barrier(concurrency + 1)
+
+    def worker():
+        start_line.wait()
+        while True:
+            i = next(tickets)
+            if i >= total:
+                return
+            t0, t1 = load_fn()
+            latencies_ms[i] = (t1 - t0) * 1000.0
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        workers = [pool.submit(worker) for _ in range(concurrency)]
+        start_line.wait()
+        started = time.perf_counter()
+        for future in workers:
+            future.result()
+        elapsed = time.perf_counter() - started
+    return summarize(latencies_ms, elapsed, concurrency), latencies_ms
+
+
+def summarize(latencies_ms, elapsed_s, concurrency):
+    """Metrics of one run: count, concurrency, rps and latency figures."""
+    if len(latencies_ms) > 1:
+        cuts = statistics.quantiles(latencies_ms, n=100, method="inclusive")
+        p50, p90, p95, p99 = cuts[49], cuts[89], cuts[94], cuts[98]
+    else:
+        p50 = p90 = p95 = p99 = latencies_ms[0]
+    return {
+        "count": len(latencies_ms),
+        "concurrency": concurrency,
+        "rps": len(latencies_ms) / elapsed_s if elapsed_s > 0 else 0.0,
+        "p50_ms": p50, "p90_ms": p90, "p95_ms": p95, "p99_ms": p99,
+        "avg_ms": statistics.fmean(latencies_ms),
+    }
+
+
+def request_loader(module, queries):
+    """A load function serving ``queries`` in turn through ``module``."""
+    pending = iter(queries)
+    handle = module.handle_request
+
+    def load():
+        q = next(pending)
+        t0 = time.perf_counter()
+        handle(q)
+        return t0, time.perf_counter()
+    return load
+
+
+def benchmark_pair(queries, warmup, concurrency, progress=True):
+    """Run both implementations on the same queries; return their metrics.
+
+    ``queries`` holds ``warmup`` queries followed by the timed ones.
+    """
+    results = {}
+    total = len(queries) - warmup
+    for name, module in IMPLEMENTATIONS.items():
+        module.init()  # the snapshot build is not part of a request
+        if progress:
+            print(f"benchmark: {name}, {total} requests at concurrency"
+                  f" {concurrency}", file=sys.stderr, flush=True)
+        metrics, _ = run(request_loader(module, queries), warmup, total,
+                         concurrency)
+        results[name] = metrics
+    return results
+
+
+def format_table(rows, headers):
+    """Rows of cells as an aligned text table (numbers right-aligned)."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells))
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w)
+                       for i, (h, w) in enumerate(zip(headers, widths)))]
+    for row in cells:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def metrics_table(results):
+    """Both implementations' metrics side by side, with the ratio."""
+    base, enh = results["baseline"], results["enhanced"]
+    rows = []
+    for key in METRIC_KEYS[2:]:
+        ratio = enh[key] / base[key] if base[key] else float("nan")
+        rows.append((key, base[key], enh[key], f"{ratio:.3f}x"))
+    return format_table(rows, ("metric", "baseline", "enhanced",
+                               "enhanced/baseline"))
+
+
+def benchmark_queries(anchor, total, warmup, seed):
+    """The shared query sequence of the original benchmark mix."""
+    rng = random.Random(seed)
+    return [pick_query(rng, anchor) for _ in range(warmup + total)]
+
+
+def dataset_anchor():
+    """Seed the default dataset if needed and return its anchor."""
+    audit_log_service.init()
+    return audit_log_service._anchor()
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_bench(args):
+    _use_data_dir(args.data_dir, rows=args.rows, seed=args.seed)
+    anchor = dataset_anchor()
+    queries = benchmark_queries(anchor, args.total, args.warmup, args.seed)
+    results = benchmark_pair(queries, args.warmup, args.concurrency)
+    print(f"original mix: {args.total} requests, concurrency"
+          f" {args.concurrency}, warmup {args.warmup}, seed {args.seed}")
+    print(metrics_table(results))
+    if args.json:
+        _write_json(args.json, {"original": results})
+    return 0
+
+
+def cmd_seed(args):
+    data_dir = args.data_dir or audit_dataset.DATA_DIR
+    started = time.perf_counter()
+    audit_dataset.seed_dataset(data_dir, rows=args.rows, seed=args.seed,
+                               anchor=args.anchor)
+    print(f"seeded {args.rows:,} events in {data_dir} in"
+          f" {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _use_data_dir(data_dir, rows=audit_dataset.DEFAULT_ROWS,
+                  seed=audit_dataset.DEFAULT_SEED):
+    """Point both modules at a dataset, seeding it if it is empty.
+
+    Without ``data_dir``, a dataset of other than the default size or seed
+    lives in its own folder under the default one, so that ``--rows`` never
+    meets a dataset of another size.
+    """
+    if data_dir is None and (rows, seed) != (audit_dataset.DEFAULT_ROWS,
+                                             audit_dataset.DEFAULT_SEED):
+        data_dir = os.path.join(audit_dataset.DATA_DIR,
+                                f"generated-{rows}-seed-{seed}")
+    if data_dir is not None:
+        data_dir = os.path.abspath(data_dir)
+        os.makedirs(data_dir, exist_ok=True)
+    paths = audit_dataset.resolve_paths(data_dir)
+    for module in IMPLEMENTATIONS.values():
+        module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
+    if not (os.path.exists(paths[1]) or os.path.exists(paths[2])):
+        audit_dataset.seed_dataset(paths[0], rows=rows, seed=seed)
+    return paths
+
+
+def _write_json(path, document):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Benchmark the baseline and enhanced audit log modules.")
+    parser.add_argument("--total", type=_positive_int, default=1000,
+                        help="timed requests per implementation (1000)")
+    parser.add_argument("--concurrency", type=_positive_int, default=40,
+                        help="client threads (40)")
+    parser.add_argument("--warmup", type=int, default=50,
+                        help="untimed requests first (50)")
+    parser.add_argument("--seed", type=int, default=audit_dataset.DEFAULT_SEED,
+                        help="seed of the dataset and the query mix (1337)")
+    parser.add_argument("--rows", type=_positive_int,
+                        default=audit_dataset.DEFAULT_ROWS,
+                        help="events to generate when seeding (50000)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset directory (default: data/ or"
+                             " $AUDIT_LOG_DATA_DIR)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the metrics to PATH as JSON")
+    parser.set_defaults(func=cmd_bench)
+    sub = parser.add_subparsers(dest="command")
+
+    seed = sub.add_parser("seed", help="generate a dataset")
+    seed.add_argument("--data-dir", default=None)
+    seed.add_argument("--rows", type=_positive_int,
+                      default=audit_dataset.DEFAULT_ROWS)
+    seed.add_argument("--seed", type=int, default=audit_dataset.DEFAULT_SEED)
+    seed.add_argument("--anchor", type=int, default=None,
+                      help="Unix time the dataset ends at (default: now)")
+    seed.set_defaults(func=cmd_seed)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (audit_dataset.DatasetError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
