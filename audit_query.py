@@ -6,9 +6,11 @@ construction, so the query functions can trust what they are given.
 """
 
 import dataclasses
-from typing import Optional, Union
+import math
+from typing import Optional, Sequence, Tuple, Union
 
-__all__ = ["Query", "pick_query", "MAX_PAGE_SIZE", "MAX_OFFSET"]
+__all__ = ["Query", "pick_query", "pick_realistic_query", "DataProfile",
+           "MAX_PAGE_SIZE", "MAX_OFFSET"]
 
 MAX_PAGE_SIZE = 1000
 INT64_MIN = -(2 ** 63)
@@ -35,6 +37,19 @@ def _check_str(name, value):
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a str or None, got {value!r}"
                         f" ({type(value).__name__})")
+    _check_text(name, value)
+
+
+def _check_text(name, value):
+    # A lone surrogate cannot be stored as UTF-8, so it matches nothing;
+    # refused here, the baseline's SQLite binding cannot raise
+    # UnicodeEncodeError while the snapshot answers [].
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} must be valid Unicode text (no lone"
+                             f" surrogates), got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +86,7 @@ class Query:
                     f"actor_id must be an int, a str or None, got"
                     f" {self.actor_id!r} ({type(self.actor_id).__name__})"
                 ) from None
+        _check_text("actor_id", self.actor_id)
         _check_str("action", self.action)
         _check_str("resource_type", self.resource_type)
         _check_str("resource_id", self.resource_id)
@@ -109,3 +125,52 @@ def pick_query(rng, anchor):
                  actor_id=actor_id, action=action,
                  page=rng.randint(1, 2000),
                  page_size=rng.choice((10, 20, 50)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataProfile:
+    """What a realistic query mix draws from: the dataset's time span and
+    a sample of its events' attributes, as tuples ``(actor_id, action,
+    resource_type, resource_id)``."""
+
+    first_ts: int
+    anchor: int
+    samples: Sequence[Tuple[object, str, str, str]]
+
+
+# Filter sets of the realistic mix: none, each attribute alone, each pair.
+_ATTRIBUTES = ("actor_id", "action", "resource_type", "resource_id")
+REALISTIC_FILTERS = ((),) + tuple((a,) for a in _ATTRIBUTES) + tuple(
+    (a, b) for i, a in enumerate(_ATTRIBUTES) for b in _ATTRIBUTES[i + 1:])
+
+
+def pick_realistic_query(rng, profile):
+    """A query from the realistic mix, drawn with ``rng`` from ``profile``.
+
+    The window lasts from one hour to 30 days (log-uniform) and ends at the
+    anchor half of the time, elsewhere in the data otherwise; the filters
+    are none, one attribute or a pair (values from one sampled event, so
+    pairs can match); pages lean to the front (1 to 3 mostly, some deep);
+    ``page_size`` is 10, 20, 50 or 100.
+    """
+    length = int(math.exp(rng.uniform(math.log(3600),
+                                      math.log(30 * 86400))))
+    if rng.random() < 0.5:
+        to_ts = profile.anchor
+    else:
+        to_ts = rng.randint(min(profile.first_ts + length, profile.anchor),
+                            profile.anchor)
+    sample = dict(zip(_ATTRIBUTES, rng.choice(profile.samples)))
+    filters = {name: sample[name]
+               for name in rng.choice(REALISTIC_FILTERS)}
+    roll = rng.random()
+    if roll < 0.6:
+        page = 1
+    elif roll < 0.8:
+        page = 2
+    elif roll < 0.9:
+        page = 3
+    else:
+        page = rng.randint(4, 200)
+    return Query(from_ts=to_ts - length, to_ts=to_ts, page=page,
+                 page_size=rng.choice((10, 20, 50, 100)), **filters)

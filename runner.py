@@ -22,7 +22,8 @@ import time
 import audit_dataset
 import audit_log_service
 import enhanced_audit_log_service
-from audit_query import pick_query
+from audit_query import (DataProfile, Query, pick_query,
+                         pick_realistic_query)
 
 __all__ = ["run", "summarize", "benchmark_pair", "main"]
 
@@ -157,6 +158,115 @@ def benchmark_queries(anchor, total, warmup, seed):
     """The shared query sequence of the original benchmark mix."""
     rng = random.Random(seed)
     return [pick_query(rng, anchor) for _ in range(warmup + total)]
+
+
+def sample_profile(db_path, seed, samples=1000):
+    """A DataProfile of the dataset at ``db_path``: its span and the
+    attributes of ``samples`` events picked at random (by id)."""
+    conn = audit_dataset.connect_readonly(db_path)
+    try:
+        anchor = audit_dataset.read_anchor(conn)
+        first_ts, first_id, last_id = conn.execute(
+            "SELECT min(created_at), min(id), max(id)"
+            " FROM audit_events").fetchone()
+        if first_id is None:
+            raise audit_dataset.DatasetError(f"{db_path} holds no events")
+        rng = random.Random(seed)
+        picked = []
+        for _ in range(samples):
+            picked.append(conn.execute(
+                "SELECT actor_id, action, resource_type, resource_id"
+                " FROM audit_events WHERE id >= ? ORDER BY id LIMIT 1",
+                (rng.randint(first_id, last_id),)).fetchone())
+    finally:
+        conn.close()
+    return DataProfile(first_ts=first_ts, anchor=anchor,
+                       samples=tuple(picked))
+
+
+def realistic_queries(profile, total, warmup, seed):
+    """The shared query sequence of the realistic mix."""
+    rng = random.Random(seed)
+    return [pick_realistic_query(rng, profile)
+            for _ in range(warmup + total)]
+
+
+def floor_pages(queries):
+    """For each query, the metadata of the events on its page, taken from
+    the enhanced snapshot (so that the floor does no searching)."""
+    snap = enhanced_audit_log_service._current()
+    attributes = [snap.attributes[name] for name in
+                  enhanced_audit_log_service.FILTER_FIELDS]
+    pages = []
+    for q in queries:
+        pages.append([
+            (snap.ids[p], -snap.keys[p])
+            + tuple(a.values[a.codes[p]] for a in attributes)
+            + (snap.offsets[p], snap.lengths[p])
+            for p in snap.page_positions(q)])
+    return snap.payload_path, pages
+
+
+def read_floor(payload_path, pages):
+    """The least work a page needs: open the payload file, read and decode
+    each payload, build the event dicts.  Single-threaded; returns seconds.
+
+    It decodes with the same direct call of json's C scanner as the
+    enhanced module, so the ratio to it measures only the module's own
+    overhead: finding the rows, checking, assembling.
+    """
+    scan = enhanced_audit_log_service._scan_json
+    pread = os.pread
+    started = time.perf_counter()
+    for page in pages:
+        if not page:
+            continue
+        fd = os.open(payload_path, os.O_RDONLY)
+        try:
+            events = []
+            for (event_id, created_at, actor_id, action, resource_type,
+                 resource_id, offset, length) in page:
+                events.append({
+                    "id": event_id, "created_at": created_at,
+                    "actor_id": actor_id, "action": action,
+                    "resource_type": resource_type,
+                    "resource_id": resource_id,
+                    "payload": scan(pread(fd, length, offset)
+                                    .decode("utf-8"), 0)[0],
+                })
+        finally:
+            os.close(fd)
+    return time.perf_counter() - started
+
+
+def measure_floor(queries, rounds=5):
+    """Single-threaded enhanced service time against the floor.
+
+    Runs the floor and the enhanced module in turn, ``rounds`` times, on
+    the same queries; returns microseconds per request of each (medians
+    over the rounds) and the median of the per-round ratios.
+    """
+    payload_path, pages = floor_pages(queries)
+    query_events = enhanced_audit_log_service.query_events
+    floor_s, enhanced_s, ratios = [], [], []
+    for _ in range(rounds):
+        floor = read_floor(payload_path, pages)
+        started = time.perf_counter()
+        for q in queries:
+            query_events(q)
+        enhanced = time.perf_counter() - started
+        floor_s.append(floor)
+        enhanced_s.append(enhanced)
+        ratios.append(enhanced / floor)
+    per_request_us = 1e6 / len(queries)
+    return {
+        "requests": len(queries),
+        "rounds": rounds,
+        "floor_us": statistics.median(floor_s) * per_request_us,
+        "enhanced_us": statistics.median(enhanced_s) * per_request_us,
+        "ratio": statistics.median(ratios),
+        "ratio_spread": max(ratios) - min(ratios),
+    }
 
 
 def dataset_anchor():
