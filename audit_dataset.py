@@ -96,6 +96,10 @@ INSERT_SQL = (
     " resource_type, resource_id, payload_offset, payload_len)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
+# Payload ranges beyond these are checked against the file's size first.
+_LARGE_PAYLOAD_BYTES = 1 << 24
+_LARGE_OFFSET_BYTES = 1 << 40
+
 # Readers wait this long for a writer's lock before giving up.
 BUSY_TIMEOUT_S = 10.0
 
@@ -197,12 +201,29 @@ def decode_payload(raw, event_id, offset, length, path):
 
 
 def check_payload_range(event_id, offset, length, path):
-    """Refuse negative offsets and lengths before any read."""
+    """Refuse negative offsets and lengths, and huge ones, before any read.
+
+    A length or end past what reading could sensibly allocate or seek to
+    is checked against the file's size (one stat, only in that rare case)
+    and refused with PayloadError when it lies past the end: reading it
+    would raise MemoryError or OSError instead of naming the event.
+    """
     if offset < 0 or length < 0:
         raise PayloadError(
             f"event {event_id} has a negative payload offset or length"
             f" (offset {offset}, length {length}) in {path}",
             event_id, offset, path)
+    if length > _LARGE_PAYLOAD_BYTES or offset > _LARGE_OFFSET_BYTES:
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError as exc:
+            raise DatasetMissingError(
+                f"payload file not found: {path}") from exc
+        if offset + length > size:
+            raise PayloadError(
+                f"payload of event {event_id} at offset {offset} in {path}:"
+                f" expected {length} bytes, the file holds only {size}"
+                " bytes in all", event_id, offset, path)
 
 
 # ---------------------------------------------------------------- seeding
@@ -215,11 +236,22 @@ def ensure_dataset(db_path, payload_path, rows=DEFAULT_ROWS,
     exists, or naming the directory when a non-default one does not exist.
     """
     data_dir = os.path.dirname(db_path)
-    if (os.path.isfile(db_path) and os.path.isfile(payload_path)
-            and not os.path.exists(os.path.join(data_dir, SEED_MARKER_NAME))):
+    marker = os.path.join(data_dir, SEED_MARKER_NAME)
+    has_db = os.path.isfile(db_path)
+    has_payloads = os.path.isfile(payload_path)
+    if has_db and has_payloads and not os.path.exists(marker):
         return False
     if os.path.dirname(payload_path) != data_dir:
         _raise_one_missing(db_path, payload_path)
+    # One file without the other and no interrupted seed to undo: refuse
+    # before taking the seed lock, whose file would be a file created.
+    # Files are looked at again after the marker, so that a seed that
+    # finished in between is not taken for a broken dataset.
+    if (has_db or has_payloads) and not os.path.exists(marker):
+        if os.path.isfile(db_path) != os.path.isfile(payload_path):
+            _raise_one_missing(db_path, payload_path)
+        if os.path.isfile(db_path) and not os.path.exists(marker):
+            return False
     if not os.path.isdir(data_dir):
         if data_dir != DEFAULT_DATA_DIR:
             raise DatasetMissingError(
