@@ -20,7 +20,9 @@ import threading
 import time
 
 import audit_dataset
+import audit_import
 import audit_log_service
+import audit_soak
 import enhanced_audit_log_service
 from audit_query import (DataProfile, Query, pick_query,
                          pick_realistic_query)
@@ -368,6 +370,8 @@ def build_parser():
     seed.add_argument("--anchor", type=int, default=None,
                       help="Unix time the dataset ends at (default: now)")
     seed.set_defaults(func=cmd_seed)
+    audit_import.add_commands(sub)
+    audit_soak.add_commands(sub)
     return parser
 
 
