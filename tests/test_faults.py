@@ -9,6 +9,7 @@ is small and lives in a temporary directory.
 """
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -19,10 +20,12 @@ import sys
 import tempfile
 import threading
 import unittest
+from unittest import mock
 
 import audit_dataset
 import audit_log_service
 import audit_query
+import audit_soak
 import enhanced_audit_log_service
 from audit_dataset import (DatasetError, DatasetMissingError,
                            DatasetSchemaError, PayloadError)
@@ -711,6 +714,62 @@ class InterruptedSeedTest(unittest.TestCase):
             self.assert_next_run_serves_a_whole_dataset(tmp)
             with open(os.path.join(tmp, "payloads.jsonl"), "rb") as f:
                 self.assertEqual(f.read(), written)
+
+
+# ---------------------------------------------------------------- soak
+
+class SoakTest(unittest.TestCase):
+    """The soak compares both modules' answers and counts what differs."""
+
+    def test_a_short_soak_serves_requests_with_no_mismatch_or_error(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeded(tmp, rows=2000)
+            with using_dataset(tmp):
+                report = audit_soak.soak(threads=4, seconds=1, seed=3)
+        self.assertGreater(report["requests"], 0)
+        self.assertEqual((report["mismatches"], report["errors"]), (0, 0),
+                         report)
+
+    def test_a_soak_counts_a_wrong_page_and_an_error(self):
+        real = enhanced_audit_log_service.query_events
+        calls = itertools.count()
+
+        def faulty(q):
+            n = next(calls)
+            if n % 3 == 1:
+                raise RuntimeError("injected")
+            page = real(q)
+            return page[:-1] if n % 3 == 2 and page else page
+        with tempfile.TemporaryDirectory() as tmp:
+            seeded(tmp, rows=2000)
+            with using_dataset(tmp), mock.patch.object(
+                    enhanced_audit_log_service, "query_events", faulty):
+                report = audit_soak.soak(threads=2, seconds=1, seed=3)
+        self.assertGreater(report["errors"], 0)
+        self.assertGreater(report["mismatches"], 0)
+        self.assertIn("RuntimeError: injected", report["error_samples"][0])
+        self.assertLessEqual(len(report["error_samples"]), 5)
+
+    def test_a_soak_refuses_no_threads_or_no_time(self):
+        for threads, seconds in ((0, 1), (True, 1), (1, 0), (1, -1.0)):
+            with self.subTest(threads=threads, seconds=seconds), \
+                    self.assertRaisesRegex(ValueError, "threads|seconds"):
+                audit_soak.soak(threads=threads, seconds=seconds)
+
+    def test_the_soak_command_prints_its_figures_and_exits_zero(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeded(tmp, rows=500)
+            done = subprocess.run(
+                [sys.executable, "runner.py", "soak", "--threads", "2",
+                 "--seconds", "0.5", "--data-dir", tmp],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                timeout=WAIT_S)
+        out = done.stdout.decode()
+        self.assertEqual(done.returncode, 0, out + done.stderr.decode())
+        self.assertRegex(out, r"requests served +[1-9]")
+        self.assertRegex(out, r"mismatches +0\n")
+        self.assertRegex(out, r"errors +0\n")
+        self.assertIn(b"soak:", done.stderr)
 
 
 if __name__ == "__main__":
