@@ -20,6 +20,7 @@ import threading
 import time
 
 import audit_dataset
+import audit_import
 import audit_log_service
 import audit_soak
 import enhanced_audit_log_service
@@ -369,6 +370,7 @@ def build_parser():
     seed.add_argument("--anchor", type=int, default=None,
                       help="Unix time the dataset ends at (default: now)")
     seed.set_defaults(func=cmd_seed)
+    audit_import.add_commands(sub)
     audit_soak.add_commands(sub)
     return parser
 
