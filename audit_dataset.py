@@ -96,6 +96,13 @@ INSERT_SQL = (
     " resource_type, resource_id, payload_offset, payload_len)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
+CHECK_TYPES_SQL = (
+    "SELECT rowid, id, created_at, payload_offset, payload_len"
+    " FROM audit_events WHERE typeof(id) != 'integer'"
+    " OR typeof(created_at) != 'integer'"
+    " OR typeof(payload_offset) != 'integer'"
+    " OR typeof(payload_len) != 'integer' LIMIT 1")
+
 # Payload ranges beyond these are checked against the file's size first.
 _LARGE_PAYLOAD_BYTES = 1 << 24
 _LARGE_OFFSET_BYTES = 1 << 40
@@ -169,6 +176,25 @@ def check_schema(conn, db_path):
             + ", ".join(missing))
 
 
+def check_column_types(conn, db_path):
+    """Raise DatasetSchemaError if a row's id, created_at, payload_offset
+    or payload_len is not an integer (a text, real or NULL value).
+
+    One scan of the table: a query that compared such a value would
+    silently skip or misplace its event.
+    """
+    try:
+        row = conn.execute(CHECK_TYPES_SQL).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatasetSchemaError(
+            f"{db_path} is not a readable SQLite database: {exc}") from exc
+    if row is not None:
+        raise DatasetSchemaError(
+            f"{db_path}: id, created_at, payload_offset and payload_len"
+            f" must hold integers; the row with rowid {row[0]} holds"
+            f" {row[1:]!r}")
+
+
 def read_anchor(conn):
     """The dataset's anchor time: stored at seeding, else its newest event."""
     try:
@@ -198,6 +224,11 @@ def decode_payload(raw, event_id, offset, length, path):
         raise PayloadError(
             f"payload of event {event_id} at offset {offset} in {path}"
             f" is not valid JSON: {exc}", event_id, offset, path) from exc
+    except RecursionError as exc:
+        raise PayloadError(
+            f"payload of event {event_id} at offset {offset} in {path}"
+            f" is nested too deeply to decode", event_id, offset,
+            path) from exc
 
 
 def check_payload_range(event_id, offset, length, path):

@@ -63,6 +63,7 @@ def _anchor():
             conn = audit_dataset.connect_readonly(DB_PATH)
             try:
                 audit_dataset.check_schema(conn, DB_PATH)
+                audit_dataset.check_column_types(conn, DB_PATH)
                 _ready[key] = audit_dataset.read_anchor(conn)
             finally:
                 conn.close()
