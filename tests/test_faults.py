@@ -39,6 +39,8 @@ ANCHOR = 1_700_000_000
 ALL_TIME = dict(from_ts=-(2 ** 40), to_ts=2 ** 40)
 # Generous bound on any wait in these tests; none should come near it.
 WAIT_S = 60.0
+# Valid JSON that no recursive decoder can take apart.
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000 + b"\n"
 
 
 def name_of(module):
@@ -186,6 +188,32 @@ class DamagedDatabaseTest(unittest.TestCase):
         self.assert_schema_error(
             make_db, "lacks column.*resource_id, payload_len")
 
+    def test_a_column_holding_other_than_integers_is_named(self):
+        for column, value in (("created_at", "'yesterday'"),
+                              ("created_at", "5.5"),
+                              ("payload_offset", "NULL"),
+                              ("payload_len", "'32'")):
+            values = dict(id="1", created_at="5", payload_offset="0",
+                          payload_len="32")
+            values[column] = value
+
+            def make_db(path):
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    # No types and no NOT NULL, as another tool might.
+                    conn.execute(
+                        "CREATE TABLE audit_events (id, created_at,"
+                        " actor_id, action, resource_type, resource_id,"
+                        " payload_offset, payload_len)")
+                    conn.execute(
+                        "INSERT INTO audit_events VALUES ({id}, {created_at},"
+                        " 1, 'UPDATE', 'ORDER', 'ORDER-1', {payload_offset},"
+                        " {payload_len})".format(**values))
+                    conn.commit()
+            with self.subTest(column=column, value=value):
+                self.assert_schema_error(
+                    make_db, r"created_at, payload_offset and payload_len"
+                             r" must hold integers")
+
 
 class DamagedPayloadTest(unittest.TestCase):
     """A bad payload names the event, the offset and the path; no page."""
@@ -252,6 +280,19 @@ class DamagedPayloadTest(unittest.TestCase):
 
     def test_a_payload_that_is_not_utf8_is_refused(self):
         self.assert_payload_error(dict(payload=b'{"a": "\xff\xfe"}\n'))
+
+    def test_a_payload_nested_too_deeply_is_refused_by_the_baseline(self):
+        self.assert_payload_error(dict(payload=DEEP_JSON),
+                                  modules=[audit_log_service])
+
+    # Fails only because enhanced_audit_log_service._decode lets the
+    # RecursionError of json's scanner through instead of handing the
+    # payload to decode_payload.
+    @unittest.expectedFailure
+    def test_a_payload_nested_too_deeply_is_refused_by_the_enhanced_module(
+            self):
+        self.assert_payload_error(dict(payload=DEEP_JSON),
+                                  modules=[enhanced_audit_log_service])
 
     def test_a_huge_payload_range_is_refused_by_the_baseline(self):
         self.assert_huge_ranges_refused(audit_log_service)
