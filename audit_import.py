@@ -30,7 +30,6 @@ running enhanced module keeps serving the snapshot it took before an
 import, so restart it after one.
 """
 
-import argparse
 import codecs
 import collections
 import gzip
@@ -557,7 +556,8 @@ def import_files(paths, fmt, data_dir=None, mode="create",
             try:
                 build = _Build(tmp_dir, fmt, fields, assume_utc, progress)
                 build.parse(paths)
-                build.write(db_path, payload_path, existing)
+                build.write(db_path, payload_path,
+                            existing and mode == "append")
                 _move_into_place(data_dir, build, db_path, payload_path,
                                  existing, mode)
             finally:
@@ -881,9 +881,14 @@ def cmd_query(args):
             raise
         raise AuditImportError(str(exc)) from exc
     module = IMPLEMENTATIONS[args.impl]
+    saved = module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE
     module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
+    try:
+        events = module.query_events(q)
+    finally:
+        module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = saved
     lines = [json.dumps(event, ensure_ascii=False) + "\n"
-             for event in module.query_events(q)]
+             for event in events]
     out = getattr(sys.stdout, "buffer", None)
     if out is None:
         sys.stdout.write("".join(lines))
