@@ -728,7 +728,7 @@ class InterruptedSeedTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             # Big enough to be killed at its first progress line, long
             # before it could finish.
-            child = seeder(tmp, 2_000_000, stderr=subprocess.PIPE)
+            child = seeder(tmp, 500_000, stderr=subprocess.PIPE)
             try:
                 line = child.stderr.readline()
                 self.assertIn(b"seeding:", line)
@@ -743,6 +743,27 @@ class InterruptedSeedTest(unittest.TestCase):
             self.assertNotIn("payloads.jsonl", names)
             self.assertTrue(any(n.startswith(audit_dataset.SEED_TMP_PREFIX)
                                 for n in names), names)
+            self.assert_next_run_serves_a_whole_dataset(tmp)
+
+    def test_a_seed_waiting_on_a_killed_seed_takes_over_and_finishes(
+            self):
+        with tempfile.TemporaryDirectory() as tmp:
+            first = seeder(tmp, 500_000, stderr=subprocess.PIPE)
+            second = None
+            try:
+                self.assertIn(b"seeding:", first.stderr.readline())
+                # The first holds the seed lock: the second must wait.
+                second = seeder(tmp, SEED_ROWS, stderr=subprocess.DEVNULL)
+                with self.assertRaises(subprocess.TimeoutExpired):
+                    second.wait(0.3)
+                first.send_signal(signal.SIGKILL)
+                self.assertEqual(first.wait(WAIT_S), -signal.SIGKILL)
+                self.assertEqual(second.wait(WAIT_S), 0)
+            finally:
+                for child in filter(None, (first, second)):
+                    child.kill()
+                    child.wait()
+                first.stderr.close()
             self.assert_next_run_serves_a_whole_dataset(tmp)
 
     def test_a_complete_dataset_left_with_a_marker_is_kept_as_it_is(self):
