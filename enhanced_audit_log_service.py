@@ -30,9 +30,8 @@ import sqlite3
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter
-from itertools import accumulate, compress
-from operator import neg
+from itertools import compress, count
+from operator import itemgetter, neg
 
 import audit_dataset
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
@@ -131,6 +130,36 @@ def _typecode(largest):
     return "Q"
 
 
+def _group_few(codes, n, n_values, position_type):
+    """CSR grouping of byte-sized codes: one C-speed pass per value.
+
+    ``bytes.translate`` turns the codes into a 0/1 mask for one value and
+    ``compress`` keeps the positions under it, ascending.
+    """
+    raw = codes.tobytes()
+    starts = array("Q", [0])
+    postings = array(position_type)
+    for code in range(n_values):
+        table = bytes(256)
+        table = table[:code] + b"\x01" + table[code + 1:]
+        postings.extend(compress(range(n), raw.translate(table)))
+        starts.append(len(postings))
+    return starts, postings
+
+
+def _group_many(codes, n, n_values, position_type):
+    """CSR grouping of wider codes: a stable sort of the positions by code
+    (so each group stays ascending), then each group's start by bisection
+    of the sorted codes, O(n log n)."""
+    postings = array(position_type, sorted(range(n),
+                                           key=codes.__getitem__))
+    in_order = array(codes.typecode, map(codes.__getitem__, postings))
+    starts = array("Q", (bisect_left(in_order, code)
+                         for code in range(n_values)))
+    starts.append(n)
+    return starts, postings
+
+
 class _Attribute:
     """One dictionary-encoded column with its positions grouped by value.
 
@@ -142,18 +171,30 @@ class _Attribute:
     __slots__ = ("values", "code_of", "codes", "starts", "postings")
 
     def __init__(self, column, position_type):
-        self.values = list(dict.fromkeys(column))
-        self.code_of = {v: c for c, v in enumerate(self.values)}
+        n = len(column)
+        # One dict pass gives each value the position where it first
+        # appears; an array then renumbers those densely.  Array indexing
+        # is cheaper than a second round of dict lookups on a million
+        # strings.
+        first_seen = {}
+        sparse = array("Q", map(first_seen.setdefault, column, count()))
+        self.values = list(first_seen)
+        dense = array("Q", bytes(8 * n)) if n else array("Q")
+        for code, position in enumerate(first_seen.values()):
+            dense[position] = code
+        del first_seen
         self.codes = array(_typecode(len(self.values)),
-                           map(self.code_of.__getitem__, column))
-        # A stable sort by code groups the positions by value and keeps
-        # each group ascending; it beats filling one list per value when
-        # values are many (resource ids), and matches it when they are few.
-        counts = Counter(self.codes)
-        self.starts = array("Q", accumulate(
-            map(counts.__getitem__, range(len(self.values))), initial=0))
-        self.postings = array(position_type, sorted(
-            range(len(self.codes)), key=self.codes.__getitem__))
+                           map(dense.__getitem__, sparse))
+        del sparse, dense
+        self.code_of = {v: c for c, v in enumerate(self.values)}
+        if self.codes.typecode == "B":
+            self.starts, self.postings = _group_few(self.codes, n,
+                                                    len(self.values),
+                                                    position_type)
+        else:
+            self.starts, self.postings = _group_many(self.codes, n,
+                                                     len(self.values),
+                                                     position_type)
 
     def lookup(self, value):
         # Equal numbers hash alike (42 == 42.0), as SQLite compares them;
@@ -195,8 +236,9 @@ class Snapshot:
         self.payload_path = payload_path
         self.anchor = anchor
         self.size = len(rows)
-        columns = list(zip(*rows)) if rows else [()] * 8
-        del rows
+        # One list per column; itemgetter beats zip(*rows), which builds a
+        # call with a million arguments.
+        columns = [list(map(itemgetter(i), rows)) for i in range(8)]
         (ids, created, actors, actions, resource_types, resource_ids,
          offsets, lengths) = columns
         try:
