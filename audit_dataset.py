@@ -201,8 +201,12 @@ def read_anchor(conn):
         row = conn.execute("SELECT anchor FROM dataset_info").fetchone()
         if row is not None:
             return row[0]
-    except sqlite3.OperationalError:
-        pass  # made by another tool: no dataset_info table
+    except sqlite3.OperationalError as exc:
+        # Made by another tool: no dataset_info table, or not one of ours.
+        # Anything else (a lock held too long) must not pick another
+        # anchor silently.
+        if not str(exc).startswith("no such"):
+            raise
     row = conn.execute("SELECT max(created_at) FROM audit_events").fetchone()
     return row[0] if row[0] is not None else 0
 

@@ -65,6 +65,8 @@ def _anchor():
                 audit_dataset.check_schema(conn, DB_PATH)
                 audit_dataset.check_column_types(conn, DB_PATH)
                 _ready[key] = audit_dataset.read_anchor(conn)
+            except sqlite3.DatabaseError as exc:
+                raise DatasetError(f"cannot read {DB_PATH}: {exc}") from exc
             finally:
                 conn.close()
         return _ready[key]
