@@ -214,6 +214,39 @@ class DamagedDatabaseTest(unittest.TestCase):
                     make_db, r"created_at, payload_offset and payload_len"
                              r" must hold integers")
 
+    def test_a_lock_while_reading_the_anchor_is_an_error_not_a_guess(self):
+        def locked(conn):
+            raise sqlite3.OperationalError("database is locked")
+        kinds = []
+        with temporary_dataset([event(5)], anchor=ANCHOR) as paths, \
+                mock.patch.object(audit_dataset, "read_anchor", locked):
+            for module in MODULES:
+                with self.subTest(module=name_of(module)):
+                    with self.assertRaisesRegex(
+                            DatasetError, re.escape(paths[1])) as caught:
+                        module.init()
+                    self.assertIn("database is locked",
+                                  str(caught.exception))
+                    kinds.append(type(caught.exception))
+        self.assertEqual(len(set(kinds)), 1, kinds)
+
+    def test_the_anchor_falls_back_only_when_dataset_info_is_absent(self):
+        class Locked:
+            """Locked just while the anchor is read; max() would answer."""
+
+            def execute(self, sql):
+                if "dataset_info" in sql:
+                    raise sqlite3.OperationalError("database is locked")
+                return sqlite3.connect(":memory:").execute("SELECT 42")
+        with self.assertRaisesRegex(sqlite3.OperationalError, "locked"):
+            audit_dataset.read_anchor(Locked())
+        with tempfile.TemporaryDirectory() as tmp:
+            db_path, _ = write_dataset(tmp, [event(5), event(9)])
+            with contextlib.closing(sqlite3.connect(db_path)) as conn:
+                self.assertEqual(audit_dataset.read_anchor(conn), 9)
+                conn.execute("DROP TABLE dataset_info")
+                self.assertEqual(audit_dataset.read_anchor(conn), 9)
+
 
 class DamagedPayloadTest(unittest.TestCase):
     """A bad payload names the event, the offset and the path; no page."""
