@@ -43,6 +43,8 @@ UNMATCHED = {
 }
 FILTERS = tuple(UNMATCHED)
 KEPT_SAMPLES = 5
+# A request still running this long after the end counts as an error.
+STUCK_S = 60.0
 
 
 def soak(threads=8, seconds=10.0, seed=audit_dataset.DEFAULT_SEED):
@@ -54,7 +56,9 @@ def soak(threads=8, seconds=10.0, seed=audit_dataset.DEFAULT_SEED):
     compared), ``mismatches`` (pages that differ), ``errors`` (requests
     where either module raised), ``mismatch_samples`` and
     ``error_samples`` (descriptions of the first few), ``threads`` and
-    ``seconds`` (the time the threads actually ran).  Raises ValueError
+    ``seconds`` (the time the threads actually ran).  A thread still
+    inside a request a minute after the end counts as an error and is
+    left behind (it is a daemon thread).  Raises ValueError
     for a thread count below 1 or a duration that is not positive, and
     DatasetError when the dataset cannot be served at all.
     """
@@ -93,8 +97,9 @@ def soak(threads=8, seconds=10.0, seed=audit_dataset.DEFAULT_SEED):
     deadline[0] = started + seconds
     start_line.wait()
     for t in workers:
-        t.join()
+        t.join(max(0.0, deadline[0] + STUCK_S - time.monotonic()))
     elapsed = time.monotonic() - started
+    stuck = sum(t.is_alive() for t in workers)
 
     report = {"requests": 0, "mismatches": 0, "errors": 0,
               "mismatch_samples": [], "error_samples": [],
@@ -105,6 +110,11 @@ def soak(threads=8, seconds=10.0, seed=audit_dataset.DEFAULT_SEED):
         report["errors"] += tally.errors
         report["mismatch_samples"] += tally.mismatch_samples
         report["error_samples"] += tally.error_samples
+    if stuck:
+        report["errors"] += stuck
+        report["error_samples"].insert(
+            0, f"{stuck} thread(s) still inside a request {STUCK_S:g} s"
+               " after the end")
     del report["mismatch_samples"][KEPT_SAMPLES:]
     del report["error_samples"][KEPT_SAMPLES:]
     return report
