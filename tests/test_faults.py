@@ -10,8 +10,8 @@ is small and lives in a temporary directory.
 
 import contextlib
 import itertools
-import json
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -549,7 +549,6 @@ def seeded(tmp, rows=3000):
 
 
 def mixed_queries(n, seed=11):
-    import random
     rng = random.Random(seed)
     queries = [audit_query.pick_query(rng, ANCHOR) for _ in range(n // 2)]
     while len(queries) < n:
