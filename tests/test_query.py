@@ -8,7 +8,6 @@ fixed seed, so a run is repeatable and a broken distribution fails.
 import collections
 import dataclasses
 import random
-import re
 import unittest
 
 import audit_log_service

@@ -417,8 +417,8 @@ class PayloadFileOpensTest(unittest.TestCase):
             module.init()  # the build is not part of the request
             with PayloadOpens(module, paths[2]) as opens:
                 got = module.query_events(q)
-            self.assertEqual(got and got[0]["payload"], payload_of(
-                got[0]["id"]) if got else [])
+        for e in got:
+            self.assertEqual(e["payload"], payload_of(e["id"]))
         return opens.count, len(got)
 
     def test_the_enhanced_module_opens_the_payload_file_once_a_request(
