@@ -305,10 +305,12 @@ def ensure_dataset(db_path, payload_path, rows=DEFAULT_ROWS,
 
 
 def seed_dataset(data_dir, rows=DEFAULT_ROWS, seed=DEFAULT_SEED,
-                 anchor=None, progress=True):
+                 anchor=None, progress=True, span_seconds=SPAN_SECONDS):
     """Generate a dataset in ``data_dir`` (created if needed), atomically.
 
-    Refuses with FileExistsError when either file is already there.
+    Events spread over the ``span_seconds`` before ``anchor`` (default:
+    now); a short span makes many events share a second.  Refuses with
+    FileExistsError when either file is already there.
     """
     data_dir = os.path.abspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)
@@ -320,7 +322,7 @@ def seed_dataset(data_dir, rows=DEFAULT_ROWS, seed=DEFAULT_SEED,
             if os.path.exists(path):
                 raise FileExistsError(
                     errno.EEXIST, "dataset file already exists", path)
-        _seed_locked(data_dir, rows, seed, anchor, progress)
+        _seed_locked(data_dir, rows, seed, anchor, progress, span_seconds)
 
 
 def _raise_one_missing(db_path, payload_path):
@@ -363,14 +365,16 @@ def _recover_interrupted_seed(data_dir):
             shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
 
 
-def _seed_locked(data_dir, rows, seed, anchor, progress):
+def _seed_locked(data_dir, rows, seed, anchor, progress,
+                 span_seconds=SPAN_SECONDS):
     tmp_dir = os.path.join(data_dir, f"{SEED_TMP_PREFIX}{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.mkdir(tmp_dir)
     try:
         tmp_db = os.path.join(tmp_dir, DB_NAME)
         tmp_payloads = os.path.join(tmp_dir, PAYLOAD_NAME)
-        write_generated(tmp_db, tmp_payloads, rows, seed, anchor, progress)
+        write_generated(tmp_db, tmp_payloads, rows, seed, anchor, progress,
+                        span_seconds)
         _crash_point("before_move")
         marker = os.path.join(data_dir, SEED_MARKER_NAME)
         with open(marker, "w"):
@@ -411,11 +415,12 @@ def _remove_if_present(path):
         pass
 
 
-def generate_events(rows, seed, anchor):
+def generate_events(rows, seed, anchor, span_seconds=SPAN_SECONDS):
     """Yield ``(created_at, actor_id, action, resource_type, resource_id,
     payload_bytes)`` for ``rows`` events, deterministic for seed and anchor.
 
-    ``created_at`` is uniform over the 30 days up to ``anchor``.
+    ``created_at`` is uniform over the ``span_seconds`` (30 days) up to
+    ``anchor``.
     """
     rng = random.Random(seed)
     randrange = rng.randrange
@@ -427,7 +432,7 @@ def generate_events(rows, seed, anchor):
     field_names = [f"field_{i:02d}" for i in range(20)]
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     for _ in range(rows):
-        created_at = anchor - randrange(SPAN_SECONDS)
+        created_at = anchor - randrange(span_seconds)
         actor_id = randrange(N_ACTORS) + 1
         action = choice(ACTIONS)
         resource_type = choice(RESOURCE_TYPES)
@@ -447,7 +452,8 @@ def generate_events(rows, seed, anchor):
                (dumps(payload) + "\n").encode("utf-8"))
 
 
-def write_generated(db_path, payload_path, rows, seed, anchor, progress):
+def write_generated(db_path, payload_path, rows, seed, anchor, progress,
+                    span_seconds=SPAN_SECONDS):
     """Write a generated dataset to two new files (not atomic by itself)."""
     conn = sqlite3.connect(db_path)
     try:
@@ -458,7 +464,8 @@ def write_generated(db_path, payload_path, rows, seed, anchor, progress):
         offset = 0
         step = max(rows // 10, 1)
         with open(payload_path, "wb") as out:
-            for i, event in enumerate(generate_events(rows, seed, anchor), 1):
+            for i, event in enumerate(
+                    generate_events(rows, seed, anchor, span_seconds), 1):
                 raw = event[5]
                 out.write(raw)
                 batch.append((i,) + event[:5] + (offset, len(raw)))

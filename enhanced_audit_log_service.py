@@ -31,7 +31,7 @@ import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import compress, count
-from operator import itemgetter, neg
+from operator import itemgetter, ne, neg
 
 import audit_dataset
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
@@ -53,6 +53,9 @@ SELECT_ALL_SQL = (
 FILTER_FIELDS = ("actor_id", "action", "resource_type", "resource_id")
 
 _HAS_PREAD = hasattr(os, "pread")
+# Ranges past these get the dataset module's full check (one stat) first.
+_LARGE_PAYLOAD_BYTES = audit_dataset._LARGE_PAYLOAD_BYTES
+_LARGE_OFFSET_BYTES = audit_dataset._LARGE_OFFSET_BYTES
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 
 _rng = random.Random(1337)
@@ -149,13 +152,13 @@ def _group_few(codes, n, n_values, position_type):
 
 def _group_many(codes, n, n_values, position_type):
     """CSR grouping of wider codes: a stable sort of the positions by code
-    (so each group stays ascending), then each group's start by bisection
-    of the sorted codes, O(n log n)."""
+    (so each group stays ascending), O(n log n).  Every code occurs, so a
+    group starts wherever the sorted codes change."""
     postings = array(position_type, sorted(range(n),
                                            key=codes.__getitem__))
     in_order = array(codes.typecode, map(codes.__getitem__, postings))
-    starts = array("Q", (bisect_left(in_order, code)
-                         for code in range(n_values)))
+    starts = array("Q", [0])
+    starts.extend(compress(range(1, n), map(ne, in_order[1:], in_order)))
     starts.append(n)
     return starts, postings
 
@@ -186,7 +189,7 @@ class _Attribute:
         self.codes = array(_typecode(len(self.values)),
                            map(dense.__getitem__, sparse))
         del sparse, dense
-        self.code_of = {v: c for c, v in enumerate(self.values)}
+        self.code_of = dict(zip(self.values, count()))
         if self.codes.typecode == "B":
             self.starts, self.postings = _group_few(self.codes, n,
                                                     len(self.values),
@@ -362,7 +365,7 @@ def _decode(raw, length):
     try:
         text = raw.decode("utf-8")
         value, end = _scan_json(text, 0)
-    except (UnicodeDecodeError, StopIteration, ValueError):
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
         return _BAD
     if end != len(text) and not text[end:].isspace():
         return _BAD
@@ -376,7 +379,8 @@ def _read_payloads(path, wanted):
     read together; a short read is left short for decode_payload to name.
     """
     for offset, length, event_id in wanted:
-        if offset < 0 or length < 0:
+        if (offset < 0 or length < 0 or length > _LARGE_PAYLOAD_BYTES
+                or offset > _LARGE_OFFSET_BYTES):
             audit_dataset.check_payload_range(event_id, offset, length,
                                               path)
     try:

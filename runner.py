@@ -302,6 +302,145 @@ def cmd_seed(args):
     return 0
 
 
+SCALE_PAGES = (1, 10, 100, 1000, 2000)
+# page_size 4 keeps page 2000 inside the events of one action even at the
+# smallest size (a sixth of 50,000 events is about 8,300, over 2000 pages
+# of 4), so every page measured returns events.
+SCALE_PAGE_SIZE = 4
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_build(db_path, payload_path, repeats=3):
+    """Seconds to fetch every row from SQLite and to build the snapshot
+    (medians of ``repeats`` alternating runs), and the snapshot's bytes
+    per event as tracemalloc counts them."""
+    import gc
+    import tracemalloc
+    snapshot_type = enhanced_audit_log_service.Snapshot
+
+    def fetch():
+        conn = audit_dataset.connect_readonly(db_path)
+        try:
+            conn.execute(enhanced_audit_log_service.SELECT_ALL_SQL
+                         ).fetchall()
+        finally:
+            conn.close()
+
+    fetch_s, build_s = [], []
+    for _ in range(repeats):
+        fetch_s.append(_median_time(fetch, 1))
+        gc.collect()
+        build_s.append(_median_time(
+            lambda: snapshot_type.load(db_path, payload_path), 1))
+        gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        snap = snapshot_type.load(db_path, payload_path)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return {"fetch_s": statistics.median(fetch_s),
+            "build_s": statistics.median(build_s),
+            "build_over_fetch": statistics.median(
+                b / f for b, f in zip(build_s, fetch_s)),
+            "bytes_per_event": held / max(snap.size, 1),
+            "events": snap.size}
+
+
+def measure_depths(anchor, first_ts, repeats):
+    """Single-threaded service time of a one-filter query at each page of
+    SCALE_PAGES: the median over ``repeats`` calls, in microseconds."""
+    query_events = enhanced_audit_log_service.query_events
+    service_us = {}
+    for page in SCALE_PAGES:
+        q = Query(first_ts, anchor, action="UPDATE", page=page,
+                  page_size=SCALE_PAGE_SIZE)
+        if len(query_events(q)) != SCALE_PAGE_SIZE:
+            raise audit_dataset.DatasetError(
+                f"page {page} of {q!r} is not full: the dataset is too"
+                " small for the scale table")
+        service_us[page] = _median_time(lambda: query_events(q),
+                                        repeats) * 1e6
+    return service_us
+
+
+def scale_table(sizes, seed=audit_dataset.DEFAULT_SEED, repeats=200,
+                progress=True):
+    """Measure every size: seeding, fetch, build, bytes per event and the
+    service time at each depth.  Returns one dict per size."""
+    report = []
+    for rows in sizes:
+        data_dir = os.path.join(audit_dataset.DEFAULT_DATA_DIR,
+                                f"generated-{rows}-seed-{seed}")
+        seeded_s = None
+        if not os.path.exists(os.path.join(data_dir,
+                                           audit_dataset.DB_NAME)):
+            started = time.perf_counter()
+            audit_dataset.seed_dataset(data_dir, rows=rows, seed=seed,
+                                       progress=progress)
+            seeded_s = time.perf_counter() - started
+        paths = _use_data_dir(data_dir)
+        if progress:
+            print(f"scale: {rows:,} events: fetch and build",
+                  file=sys.stderr, flush=True)
+        figures = measure_build(paths[1], paths[2])
+        figures["rows"] = rows
+        figures["seed_s"] = seeded_s
+        enhanced_audit_log_service.init()
+        snap = enhanced_audit_log_service._current()
+        if progress:
+            print(f"scale: {rows:,} events: service time by depth",
+                  file=sys.stderr, flush=True)
+        figures["service_us"] = measure_depths(snap.anchor, -snap.keys[-1],
+                                               repeats)
+        report.append(figures)
+        enhanced_audit_log_service._snapshot = None  # free it
+    return report
+
+
+def format_scale(report):
+    headers = (["events", "seed s", "fetch s", "build s", "build/fetch",
+                "bytes/event"]
+               + [f"page {p} us" for p in SCALE_PAGES])
+    rows = []
+    for r in report:
+        rows.append([r["rows"],
+                     "-" if r["seed_s"] is None else r["seed_s"],
+                     r["fetch_s"], r["build_s"], r["build_over_fetch"],
+                     r["bytes_per_event"]]
+                    + [r["service_us"][p] for p in SCALE_PAGES])
+    return format_table(rows, headers)
+
+
+def cmd_scale(args):
+    report = scale_table(args.sizes, seed=args.seed, repeats=args.repeats)
+    print(f"one-filter query (action = UPDATE, whole log, page_size"
+          f" {SCALE_PAGE_SIZE}), single-threaded; median of {args.repeats}"
+          " calls; fetch and build: median of 3")
+    print(format_scale(report))
+    first, last = report[0], report[-1]
+    depth = max(r["service_us"][SCALE_PAGES[-1]] / r["service_us"][1]
+                for r in report)
+    size = max(last["service_us"][p] / first["service_us"][p]
+               for p in SCALE_PAGES)
+    print(f"worst page {SCALE_PAGES[-1]} / page 1: {depth:.2f}x;"
+          f" worst {last['rows']:,} / {first['rows']:,} events at one"
+          f" page: {size:.2f}x")
+    if args.json:
+        _write_json(args.json, {"scale": report})
+    return 0
+
+
 def _use_data_dir(data_dir, rows=audit_dataset.DEFAULT_ROWS,
                   seed=audit_dataset.DEFAULT_SEED):
     """Point both modules at a dataset, seeding it if it is empty.
@@ -370,6 +509,17 @@ def build_parser():
     seed.add_argument("--anchor", type=int, default=None,
                       help="Unix time the dataset ends at (default: now)")
     seed.set_defaults(func=cmd_seed)
+    scale = sub.add_parser(
+        "scale", help="service time by dataset size and page depth")
+    scale.add_argument("--sizes", type=_positive_int, nargs="+",
+                       default=[50_000, 1_000_000],
+                       help="dataset sizes (50000 1000000)")
+    scale.add_argument("--seed", type=int,
+                       default=audit_dataset.DEFAULT_SEED)
+    scale.add_argument("--repeats", type=_positive_int, default=200,
+                       help="calls per measured page (200)")
+    scale.add_argument("--json", metavar="PATH")
+    scale.set_defaults(func=cmd_scale)
     audit_import.add_commands(sub)
     audit_soak.add_commands(sub)
     return parser
