@@ -162,6 +162,9 @@ def check_schema(conn, db_path):
     """Raise DatasetSchemaError unless ``audit_events`` has every column."""
     try:
         info = conn.execute("PRAGMA table_info(audit_events)").fetchall()
+    except sqlite3.OperationalError as exc:
+        # Busy past the timeout, or unreadable: not a schema problem.
+        raise DatasetError(f"cannot read {db_path}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise DatasetSchemaError(
             f"{db_path} is not a readable SQLite database: {exc}") from exc

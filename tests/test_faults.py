@@ -678,6 +678,32 @@ class WriterLockTest(unittest.TestCase):
                 for got in results:
                     self.assertEqual(got, want)
 
+    def test_a_lock_held_past_the_timeout_is_a_dataset_error_not_schema(
+            self):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeded(tmp, rows=50)
+            with using_dataset(tmp) as (_, db_path, _):
+                holder = sqlite3.connect(db_path)
+                holder.execute("BEGIN EXCLUSIVE")
+                saved = audit_dataset.BUSY_TIMEOUT_S
+                audit_dataset.BUSY_TIMEOUT_S = 0.05
+                try:
+                    for module in MODULES:
+                        with self.subTest(module=module.__name__):
+                            reset(module)
+                            with self.assertRaisesRegex(
+                                    audit_dataset.DatasetError,
+                                    "locked") as caught:
+                                module.init()
+                            self.assertNotIsInstance(
+                                caught.exception,
+                                audit_dataset.DatasetSchemaError)
+                            self.assertIn(db_path, str(caught.exception))
+                finally:
+                    audit_dataset.BUSY_TIMEOUT_S = saved
+                    holder.rollback()
+                    holder.close()
+
 
 # ---------------------------------------------------------------- seeding
 
