@@ -148,27 +148,36 @@ class SummarizeTest(unittest.TestCase):
 class RunnerCommandLineTest(unittest.TestCase):
     """``runner.py`` seeds a small dataset and benchmarks both modules."""
 
-    def test_the_json_file_holds_both_implementations_metrics(self):
+    @classmethod
+    def setUpClass(cls):
         with tempfile.TemporaryDirectory() as tmp:
             data_dir = os.path.join(tmp, "data")
             out = os.path.join(tmp, "out.json")
-            done = subprocess.run(
+            cls.done = subprocess.run(
                 [sys.executable, os.path.join(ROOT, "runner.py"),
                  "--total", "20", "--concurrency", "4", "--warmup", "2",
                  "--data-dir", data_dir, "--rows", "500", "--json", out],
                 cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 timeout=120)
-            self.assertEqual(done.returncode, 0, done.stderr.decode())
-            with open(out, encoding="utf-8") as f:
-                document = json.load(f)
-            conn = sqlite3.connect(os.path.join(data_dir, "audit.db"))
-            try:
-                events = conn.execute(
-                    "SELECT count(*) FROM audit_events").fetchone()[0]
-            finally:
-                conn.close()
-        self.assertEqual(events, 500)
-        results = document["original"]
+            cls.document = None
+            if os.path.exists(out):
+                with open(out, encoding="utf-8") as f:
+                    cls.document = json.load(f)
+            cls.events = None
+            db_path = os.path.join(data_dir, "audit.db")
+            if os.path.exists(db_path):
+                conn = sqlite3.connect(db_path)
+                try:
+                    cls.events = conn.execute(
+                        "SELECT count(*) FROM audit_events").fetchone()[0]
+                finally:
+                    conn.close()
+
+    def setUp(self):
+        self.assertEqual(self.done.returncode, 0,
+                         self.done.stderr.decode())
+
+    def assert_pair(self, results):
         self.assertEqual(set(results), {"baseline", "enhanced"})
         for name, metrics in results.items():
             with self.subTest(implementation=name):
@@ -177,9 +186,26 @@ class RunnerCommandLineTest(unittest.TestCase):
                 self.assertEqual(metrics["concurrency"], 4)
                 self.assertGreater(metrics["rps"], 0)
                 self.assertLessEqual(metrics["p50_ms"], metrics["p99_ms"])
-        table = done.stdout.decode()
+
+    def test_it_seeds_the_given_directory_with_the_given_rows(self):
+        self.assertEqual(self.events, 500)
+
+    def test_the_json_file_holds_both_implementations_metrics(self):
+        self.assert_pair(self.document["original"])
+
+    def test_the_table_names_both_implementations_and_the_metrics(self):
+        table = self.done.stdout.decode()
         for word in ("baseline", "enhanced", "p95_ms", "p99_ms", "rps"):
             self.assertIn(word, table)
+
+    # Issue 4: "Both mixes in `python3 runner.py` and in `./run_tests`";
+    # cmd_bench runs the original mix only.  Remove the marker once it
+    # runs the realistic mix too.
+    @unittest.expectedFailure
+    def test_the_command_benchmarks_the_realistic_mix_too(self):
+        self.assertIn("realistic", self.document)
+        self.assert_pair(self.document["realistic"])
+        self.assertIn("realistic", self.done.stdout.decode())
 
 
 def figures(rps=40.0, p95=0.5, p99=0.5, floor=1.0, **realistic):
