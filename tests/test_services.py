@@ -25,7 +25,7 @@ from unittest import mock
 import audit_dataset
 import audit_log_service
 import enhanced_audit_log_service
-from audit_query import Query
+from audit_query import Query, pick_query
 from tests import reset, temporary_dataset, using_dataset
 
 ANCHOR = 400
@@ -316,6 +316,14 @@ class HandleRequestShape(OnSmallDataset):
         self.assertEqual([e["id"] for e in got["events"]], [2])
         self.assertEqual(got["count"], 1)
 
+    def test_the_default_pick_draws_from_the_modules_own_generator(self):
+        with mock.patch.object(self.module, "_rng", random.Random(9)):
+            got = [self.module.handle_request()["query"]
+                   for _ in range(5)]
+        rng = random.Random(9)
+        self.assertEqual(got, [pick_query(rng, ANCHOR).as_dict()
+                               for _ in range(5)])
+
     def test_the_default_pick_is_the_benchmark_mix_at_the_anchor(self):
         got = self.module.handle_request()
         query = got["query"]
@@ -430,6 +438,17 @@ class PayloadFileOpensTest(unittest.TestCase):
                 opens, n = self.opens_for(enhanced_audit_log_service, q)
                 self.assertGreater(n, 1)
                 self.assertEqual(opens, 1)
+
+    def test_without_pread_the_enhanced_module_reads_alike_with_one_open(
+            self):
+        module = enhanced_audit_log_service
+        q = Query(0, 400, page_size=1000)
+        with mock.patch.object(module, "_HAS_PREAD", False), \
+                mock.patch.object(module.os, "pread",
+                                  side_effect=AssertionError("pread"),
+                                  create=True):
+            opens, n = self.opens_for(module, q)
+        self.assertEqual((opens, n), (1, len(ROWS)))
 
     def test_the_baseline_opens_the_payload_file_once_per_event(self):
         for q in (Query(0, 400, page_size=1000), Query(100, 100)):
