@@ -139,6 +139,14 @@ class WindowEdgesAreInclusive(OnSmallDataset):
             (Query(50, 50), [8]),
         ])
 
+    def test_the_widest_window_a_query_allows_holds_every_event(self):
+        widest = dict(from_ts=-(2 ** 63), to_ts=2 ** 63 - 1)
+        self.assert_pages([
+            (Query(page_size=1000, **widest), ALL_IDS),
+            (Query(actor_id=1, action="UPDATE", **widest), [1, 6, 7]),
+            (Query(page=2 ** 63 - 1, page_size=1, **widest), []),
+        ])
+
     def test_a_second_past_either_edge_drops_the_edge_events(self):
         self.assert_pages([
             (Query(101, 249), [6, 5]),
