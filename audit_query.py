@@ -3,14 +3,27 @@
 ``Query`` is defined once, here; ``audit_log_service`` and
 ``enhanced_audit_log_service`` re-export it.  It validates every field at
 construction, so the query functions can trust what they are given.
+
+A cursor continues a query after one event.  It is an opaque URL-safe
+string (unpadded base64url of compact JSON) that names the event by
+``(created_at, id)`` and carries a short fingerprint of the query's window
+and filters, so that a cursor is refused by any other query.  Page number
+and page size are not in the fingerprint: they may change between pages.
+The cursor is not signed; it protects against mistakes, not forgery (a
+forged cursor only names another place in the same result).
 """
 
+import base64
+import binascii
 import dataclasses
+import hashlib
+import json
 import math
+import re
 from typing import Optional, Sequence, Tuple, Union
 
 __all__ = ["Query", "pick_query", "pick_realistic_query", "DataProfile",
-           "MAX_PAGE_SIZE", "MAX_OFFSET"]
+           "MAX_PAGE_SIZE", "MAX_OFFSET", "make_cursor"]
 
 MAX_PAGE_SIZE = 1000
 INT64_MIN = -(2 ** 63)
@@ -19,6 +32,12 @@ INT64_MAX = 2 ** 63 - 1
 MAX_OFFSET = INT64_MAX
 
 WEEK_SECONDS = 7 * 86400
+
+CURSOR_VERSION = 1
+# A cursor holds two 64-bit ints and a 16-character fingerprint; anything
+# much longer is refused before it is decoded.
+MAX_CURSOR_CHARS = 200
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _check_int(name, value, allow_none=False):
@@ -70,6 +89,7 @@ class Query:
     page_size: int = 20
     resource_type: Optional[str] = None
     resource_id: Optional[str] = None
+    cursor: Optional[str] = None
 
     def __post_init__(self):
         _check_int("from_ts", self.from_ts)
@@ -101,14 +121,109 @@ class Query:
             raise ValueError(
                 f"page is too deep: page {self.page!r} of page_size"
                 f" {self.page_size!r} starts past row 2**63")
+        after = None
+        if self.cursor is not None:
+            after = _decode_cursor(self.cursor, _fingerprint(self))
+        # Not a field: equality, hashing and as_dict() see the cursor text.
+        object.__setattr__(self, "_after", after)
 
     @property
     def offset(self):
-        """Rows before this page in the full, ordered result."""
+        """Rows before this page: 0 with a cursor, which ignores page."""
+        if self.cursor is not None:
+            return 0
         return (self.page - 1) * self.page_size
+
+    @property
+    def after(self):
+        """``(created_at, id)`` of the event the cursor names, or None.
+
+        The page holds the events strictly after it in created_at DESC,
+        id DESC order: older, or as old with a smaller id.
+        """
+        return self._after
 
     def as_dict(self):
         return dataclasses.asdict(self)
+
+
+def make_cursor(q, created_at, event_id):
+    """The cursor that continues ``q`` after the event
+    ``(created_at, event_id)``: an opaque URL-safe string.
+
+    Raises TypeError unless ``q`` is a Query and both values are ints,
+    and ValueError for a value outside the signed 64-bit range.
+    """
+    if not isinstance(q, Query):
+        raise TypeError(f"q must be a Query, got {q!r}")
+    _check_int("created_at", created_at)
+    _check_int("id", event_id)
+    return _encode_cursor(created_at, event_id, _fingerprint(q))
+
+
+def _fingerprint(q):
+    # The window and the filters, the actor with its type (the int 7 and
+    # the text "7" are different actors); sha256 cut to 64 bits is ample
+    # to tell one query from another by mistake.
+    actor = q.actor_id
+    key = [q.from_ts, q.to_ts, type(actor).__name__, actor, q.action,
+           q.resource_type, q.resource_id]
+    text = json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _encode_cursor(created_at, event_id, fingerprint):
+    text = json.dumps([CURSOR_VERSION, created_at, event_id, fingerprint],
+                      separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode("ascii")).decode(
+        "ascii").rstrip("=")
+
+
+def _decode_cursor(cursor, fingerprint):
+    """``(created_at, id)`` from ``cursor``; ValueError unless it is well
+    formed and was made for a query with this ``fingerprint``."""
+    if not isinstance(cursor, str):
+        raise TypeError(f"cursor must be a str or None, got {cursor!r}"
+                        f" ({type(cursor).__name__})")
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError(f"cursor is malformed: longer than"
+                         f" {MAX_CURSOR_CHARS} characters, got"
+                         f" {cursor[:40]!r}... ({len(cursor)} characters)")
+    if not _CURSOR_RE.fullmatch(cursor):
+        raise ValueError(f"cursor is malformed: not unpadded base64url"
+                         f" text, got {cursor!r}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        fields = json.loads(raw.decode("ascii"),
+                            parse_constant=_refuse_constant)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"cursor is malformed: {cursor!r} does not"
+                         f" decode ({exc})") from None
+    if not (type(fields) is list and len(fields) == 4
+            and fields[0] == CURSOR_VERSION and type(fields[0]) is int
+            and type(fields[1]) is int and type(fields[2]) is int
+            and type(fields[3]) is str):
+        raise ValueError(f"cursor is malformed: {cursor!r} does not hold"
+                         f" [version {CURSOR_VERSION}, created_at, id,"
+                         f" fingerprint], got {fields!r}")
+    _, created_at, event_id, found = fields
+    for name, value in (("created_at", created_at), ("id", event_id)):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"cursor is malformed: its {name} {value!r}"
+                             f" does not fit in a signed 64-bit integer")
+    # Only the canonical spelling is accepted, so one position has one
+    # cursor (no padding, spaces or leading zeros slip through).
+    if _encode_cursor(created_at, event_id, found) != cursor:
+        raise ValueError(f"cursor is malformed: {cursor!r} is not in the"
+                         f" form make_cursor writes")
+    if found != fingerprint:
+        raise ValueError(f"cursor belongs to a different query (other"
+                         f" window or filters): {cursor!r}")
+    return created_at, event_id
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number here")
 
 
 def pick_query(rng, anchor):

@@ -219,7 +219,8 @@ class QueryAsDictTest(unittest.TestCase):
         self.assertEqual(list(got.items()), [
             ("from_ts", 1), ("to_ts", 2), ("actor_id", 3),
             ("action", "CREATE"), ("page", 4), ("page_size", 5),
-            ("resource_type", "USER"), ("resource_id", "USER-6")])
+            ("resource_type", "USER"), ("resource_id", "USER-6"),
+            ("cursor", None)])
 
     def test_as_dict_round_trips_through_the_constructor(self):
         made = q(actor_id="bob", page=9, page_size=1000)
@@ -229,7 +230,7 @@ class QueryAsDictTest(unittest.TestCase):
         self.assertEqual(Query(0, 1).as_dict(), {
             "from_ts": 0, "to_ts": 1, "actor_id": None, "action": None,
             "page": 1, "page_size": 20, "resource_type": None,
-            "resource_id": None})
+            "resource_id": None, "cursor": None})
 
 
 class OneQueryDefinitionTest(unittest.TestCase):
