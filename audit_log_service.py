@@ -2,7 +2,10 @@
 
 Each request opens a new read-only SQLite connection, selects one page
 with ``ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?`` and opens,
-reads and closes the payload file once per returned event.  It is slow at
+reads and closes the payload file once per returned event.  A query with
+a cursor adds ``(created_at, id) < (cursor's)`` to the WHERE clause and
+reads from offset 0; one row past the page tells whether a next page
+exists.  It is slow at
 depth on purpose of simplicity, never by sabotage: the enhanced module must
 return exactly what this one returns.
 """
@@ -15,7 +18,7 @@ import audit_dataset
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
                            DatasetMissingError, DatasetSchemaError,
                            PayloadError)
-from audit_query import Query, pick_query
+from audit_query import Query, make_cursor, pick_query
 
 __all__ = [
     "Query", "init", "query_events", "handle_request", "pick_query",
@@ -28,6 +31,9 @@ SELECT_PAGE_SQL = (
     " payload_offset, payload_len FROM audit_events"
     " WHERE created_at BETWEEN ? AND ?{filters}"
     " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
+
+# Strictly after the cursor's event in created_at DESC, id DESC order.
+AFTER_SQL = " AND (created_at < ? OR (created_at = ? AND id < ?))"
 
 # A unary + strips the column's affinity, so that the text '42' does not
 # equal the integer 42: filters match exactly, by type and value.
@@ -81,6 +87,15 @@ def query_events(q):
     """
     if not isinstance(q, Query):
         raise TypeError(f"q must be a Query, got {q!r}")
+    return _page(q)[0]
+
+
+def _page(q):
+    """``(events, has_more)``: the page, and whether a row follows it.
+
+    Selects ``page_size + 1`` rows; payloads are read for the page's rows
+    only.
+    """
     init()
     db_path, payload_path = DB_PATH, PAYLOAD_FILE
     filters, params = [], [q.from_ts, q.to_ts]
@@ -89,7 +104,11 @@ def query_events(q):
         if value is not None:
             filters.append(sql)
             params.append(value)
-    params += [q.page_size, q.offset]
+    after = q.after
+    if after is not None:
+        filters.append(AFTER_SQL)
+        params += [after[0], after[0], after[1]]
+    params += [q.page_size + 1, q.offset]
     sql = SELECT_PAGE_SQL.format(filters="".join(filters))
 
     conn = audit_dataset.connect_readonly(db_path)
@@ -100,6 +119,8 @@ def query_events(q):
     finally:
         conn.close()
 
+    has_more = len(rows) > q.page_size
+    del rows[q.page_size:]
     events = []
     for (event_id, created_at, actor_id, action, resource_type,
          resource_id, offset, length) in rows:
@@ -122,18 +143,27 @@ def query_events(q):
             "payload": audit_dataset.decode_payload(
                 raw, event_id, offset, length, payload_path),
         })
-    return events
+    return events, has_more
 
 
 def handle_request(q=None):
-    """Serve one request: ``{"query": ..., "events": ..., "count": ...}``.
+    """Serve one request: ``{"query", "events", "count", "next_cursor"}``.
 
+    ``next_cursor`` continues strictly after the page's last event (also
+    when the page was chosen by number); it is None when no event follows.
     With no query, serves one from the benchmark mix via ``_pick_query``.
     """
     if q is None:
         q = _pick_query()
-    events = query_events(q)
-    return {"query": q.as_dict(), "events": events, "count": len(events)}
+    if not isinstance(q, Query):
+        raise TypeError(f"q must be a Query, got {q!r}")
+    events, has_more = _page(q)
+    next_cursor = None
+    if has_more:
+        last = events[-1]
+        next_cursor = make_cursor(q, last["created_at"], last["id"])
+    return {"query": q.as_dict(), "events": events, "count": len(events),
+            "next_cursor": next_cursor}
 
 
 def _pick_query():

@@ -299,7 +299,8 @@ class HandleRequestShape(OnSmallDataset):
             self):
         q = Query(100, 100, page_size=3)
         got = self.module.handle_request(q)
-        self.assertEqual(set(got), {"query", "events", "count"})
+        self.assertEqual(set(got),
+                         {"query", "events", "count", "next_cursor"})
         self.assertEqual(got["query"], q.as_dict())
         self.assertEqual(got["events"], self.module.query_events(q))
         self.assertEqual([e["id"] for e in got["events"]], [9, 7, 4])
