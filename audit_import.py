@@ -480,10 +480,8 @@ class _Mapper:
                 return number
         stored = self.stored.get(value, _MISSING)
         if stored is _MISSING:
-            self.probe.execute("DELETE FROM probe")
-            self.probe.execute("INSERT INTO probe VALUES (?)", (value,))
-            stored = self.stored[value] = self.probe.execute(
-                "SELECT actor_id FROM probe").fetchone()[0]
+            stored = self.stored[value] = audit_dataset.integer_affinity(
+                value, self.probe)
         if type(stored) is not str:
             raise AuditImportError(
                 f"field {label}: actor {value!r} would be stored as"

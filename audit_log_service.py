@@ -22,6 +22,7 @@ from audit_query import Query, make_cursor, pick_query
 
 __all__ = [
     "Query", "init", "query_events", "handle_request", "pick_query",
+    "record_event",
     "DATA_DIR", "DB_PATH", "PAYLOAD_FILE", "DatasetError",
     "DatasetMissingError", "DatasetSchemaError", "PayloadError",
 ]
@@ -164,6 +165,22 @@ def handle_request(q=None):
         next_cursor = make_cursor(q, last["created_at"], last["id"])
     return {"query": q.as_dict(), "events": events, "count": len(events),
             "next_cursor": next_cursor}
+
+
+def record_event(actor_id, action, resource_type, resource_id, payload,
+                 created_at=None):
+    """Record one event in this module's dataset and return its new id.
+
+    The payload line is appended and flushed to disk before the row is
+    inserted, under a lock that serializes writers across threads and
+    processes.  ``created_at`` defaults to now; an older value is allowed.
+    Raises TypeError or ValueError naming the field and the value, and
+    DatasetError subclasses naming the path (nothing is created when a
+    file is missing).  See ``audit_dataset.append_event``.
+    """
+    return audit_dataset.append_event(
+        DB_PATH, PAYLOAD_FILE, actor_id, action, resource_type,
+        resource_id, payload, created_at)
 
 
 def _pick_query():
