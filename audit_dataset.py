@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import random
+import reprlib
 import shutil
 import sqlite3
 import sys
@@ -394,7 +395,7 @@ def _check_actor(actor_id):
 def _payload_line(payload):
     """The payload as one line of compact UTF-8 JSON, newline included."""
     if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict, got {payload!r:.80}"
+        raise TypeError(f"payload must be a dict, got {_shown(payload)}"
                         f" ({type(payload).__name__})")
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False,
@@ -403,21 +404,26 @@ def _payload_line(payload):
         same = json.loads(text) == payload
     except UnicodeEncodeError:
         raise ValueError(f"payload must be valid Unicode text (no lone"
-                         f" surrogates), got {payload!r:.80}") from None
+                         f" surrogates), got {_shown(payload)}") from None
     except TypeError as exc:
         raise TypeError(f"payload must hold only JSON values ({exc}),"
-                        f" got {payload!r:.80}") from None
+                        f" got {_shown(payload)}") from None
     except RecursionError:
         raise ValueError(f"payload is nested too deeply for JSON, got"
-                         f" {payload!r:.80}") from None
+                         f" {_shown(payload)}") from None
     except ValueError as exc:
         raise ValueError(f"payload must be strict JSON ({exc}), got"
-                         f" {payload!r:.80}") from None
+                         f" {_shown(payload)}") from None
     if not same:
         raise ValueError(f"payload would not read back equal from JSON"
                          f" (keys must be str, sequences lists), got"
-                         f" {payload!r:.80}")
+                         f" {_shown(payload)}")
     return raw
+
+
+def _shown(value):
+    # Short, and safe for payloads nested too deeply for repr().
+    return reprlib.repr(value)
 
 
 class _FileLock:
