@@ -31,13 +31,13 @@ import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import compress, count
-from operator import itemgetter, ne, neg
+from operator import invert, itemgetter, ne
 
 import audit_dataset
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
                            DatasetMissingError, DatasetSchemaError,
                            PayloadError, decode_payload)
-from audit_query import Query, pick_query
+from audit_query import Query, make_cursor, pick_query
 
 __all__ = [
     "Query", "init", "query_events", "handle_request", "pick_query",
@@ -51,6 +51,12 @@ SELECT_ALL_SQL = (
     " payload_offset, payload_len FROM audit_events"
     " ORDER BY created_at DESC, id DESC")
 
+SELECT_NEWER_SQL = (
+    "SELECT id, created_at, actor_id, action, resource_type, resource_id,"
+    " payload_offset, payload_len FROM audit_events WHERE id > ?"
+    " ORDER BY created_at DESC, id DESC")
+NEWEST_ID_SQL = "SELECT max(id) FROM audit_events"
+
 FILTER_FIELDS = ("actor_id", "action", "resource_type", "resource_id")
 
 _HAS_PREAD = hasattr(os, "pread")
@@ -59,10 +65,16 @@ _LARGE_PAYLOAD_BYTES = audit_dataset._LARGE_PAYLOAD_BYTES
 _LARGE_OFFSET_BYTES = audit_dataset._LARGE_OFFSET_BYTES
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 
+# With more events than this beyond the base snapshot, the next refresh
+# rebuilds the base instead of the delta (see _View).
+DELTA_LIMIT = 65_536
+
 _rng = random.Random(1337)
-_lock = threading.Lock()
-_snapshot = None
-_builds = 0  # how many snapshots were built; the tests count them
+_lock = threading.Lock()   # serializes builds and refreshes, never reads
+_snapshot = None           # the published _View; replaced, never changed
+_builds = 0                # full builds so far; the tests count them
+_refreshes = 0             # delta refreshes so far
+_local = threading.local()  # per-thread connection for the dirty check
 
 
 def init():
@@ -81,26 +93,28 @@ def query_events(q):
     Each event has the keys id, created_at, actor_id, action,
     resource_type, resource_id and payload (the decoded JSON, read from
     the payload file during this call), sorted created_at DESC, id DESC.
-    A page past the end is [].
+    A page past the end is [].  Events recorded before the call started
+    are included.
     """
-    if not isinstance(q, Query):
-        raise TypeError(f"q must be a Query, got {q!r}")
-    snap = _current()
-    positions = snap.page_positions(q)
-    if not positions:
-        return []
-    return snap.events_at(positions)
+    return _page(q)[0]
 
 
 def handle_request(q=None):
-    """Serve one request: ``{"query": ..., "events": ..., "count": ...}``.
+    """Serve one request: ``{"query", "events", "count", "next_cursor"}``.
 
-    With no query, serves one from the benchmark mix via ``_pick_query``.
+    ``next_cursor`` continues after the page's last event; it is None on
+    the last page.  With no query, serves one from the benchmark mix via
+    ``_pick_query``.
     """
     if q is None:
         q = _pick_query()
-    events = query_events(q)
-    return {"query": q.as_dict(), "events": events, "count": len(events)}
+    events, has_more = _page(q)
+    next_cursor = None
+    if has_more:
+        last = events[-1]
+        next_cursor = make_cursor(q, last["created_at"], last["id"])
+    return {"query": q.as_dict(), "events": events, "count": len(events),
+            "next_cursor": next_cursor}
 
 
 def record_event(actor_id, action, resource_type, resource_id, payload,
@@ -119,27 +133,88 @@ def record_event(actor_id, action, resource_type, resource_id, payload,
         resource_id, payload, created_at)
 
 
+def _page(q):
+    """``(events, has_more)`` for ``q`` on a fresh view."""
+    if not isinstance(q, Query):
+        raise TypeError(f"q must be a Query, got {q!r}")
+    items, has_more = _current().page(q)
+    if not items:
+        return [], has_more
+    return _events_at(items), has_more
+
+
 def _pick_query():
     # Harnesses replace this function to inject their own queries.
     return pick_query(_rng, _current().anchor)
 
 
 def _current():
-    """The published snapshot for the current paths, built if needed."""
-    global _snapshot, _builds
-    snap = _snapshot
-    if (snap is not None and snap.db_path == DB_PATH
-            and snap.payload_path == PAYLOAD_FILE):
-        return snap
+    """The published view, made fresh: built if needed, refreshed when the
+    dataset changed.  Knowing that nothing changed costs one stat."""
+    view = _snapshot
+    if (view is None or view.db_path != DB_PATH
+            or view.payload_path != PAYLOAD_FILE):
+        return _rebuild(view)
+    try:
+        stat = os.stat(view.payload_path)
+    except FileNotFoundError as exc:
+        raise DatasetMissingError(
+            f"payload file not found: {view.payload_path}") from exc
+    # Every write appends to the payload file before it inserts its row,
+    # so a clean view (its rows account for every byte) is fresh while
+    # the file keeps its size.  A dirty one also asks SQLite.
+    if (stat.st_size == view.payload_size
+            and (stat.st_ino, stat.st_dev) == view.payload_identity
+            and (view.clean or _newest_id(view.db_path) == view.max_id)):
+        return view
+    return _refresh(view)
+
+
+def _rebuild(seen):
+    """Build the view from scratch, once for all the threads waiting."""
     with _lock:
-        snap = _snapshot
-        if (snap is None or snap.db_path != DB_PATH
-                or snap.payload_path != PAYLOAD_FILE):
-            audit_dataset.ensure_dataset(DB_PATH, PAYLOAD_FILE)
-            snap = Snapshot.load(DB_PATH, PAYLOAD_FILE)
-            _snapshot = snap  # published whole, in one assignment
-            _builds += 1
-        return snap
+        view = _snapshot
+        if (view is None or view.db_path != DB_PATH
+                or view.payload_path != PAYLOAD_FILE):
+            view = _build_locked()
+        return view
+
+
+def _build_locked():
+    global _snapshot, _builds
+    audit_dataset.ensure_dataset(DB_PATH, PAYLOAD_FILE)
+    view = _View.load(DB_PATH, PAYLOAD_FILE)
+    _snapshot = view  # published whole, in one assignment
+    _builds += 1
+    return view
+
+
+def _refresh(seen):
+    """Take in what was written since ``seen`` was made."""
+    global _snapshot, _refreshes
+    with _lock:
+        view = _snapshot
+        if view is not seen:
+            return view  # another thread refreshed after our check
+        fresh = view.refreshed()
+        if fresh is None:  # replaced, shrunk or too far behind
+            return _build_locked()
+        _snapshot = fresh
+        _refreshes += 1
+        return fresh
+
+
+def _newest_id(db_path):
+    """The largest id in the database, on this thread's kept connection."""
+    conn = getattr(_local, "conn", None)
+    if conn is None or _local.path != db_path:
+        conn = audit_dataset.connect_readonly(db_path)
+        _local.conn, _local.path = conn, db_path
+    try:
+        return conn.execute(NEWEST_ID_SQL).fetchone()[0] or 0
+    except sqlite3.DatabaseError as exc:
+        _local.conn = None
+        raise DatasetError(f"cannot read {db_path}: {exc}") from exc
 
 
 def _typecode(largest):
@@ -225,12 +300,14 @@ class _Attribute:
 class Snapshot:
     """Every event's metadata, sorted created_at DESC, id DESC. Read-only.
 
-    ``keys[p]`` is ``-created_at`` of the event at position p, so that
-    ``keys`` ascends and ``bisect`` finds a window's bounds.
+    ``keys[p]`` is ``~created_at`` (that is -created_at - 1, which cannot
+    overflow 64 bits) of the event at position p, so that ``keys``
+    ascends and ``bisect`` finds a window's bounds.
     """
 
     __slots__ = ("db_path", "payload_path", "anchor", "size", "keys", "ids",
-                 "offsets", "lengths", "attributes")
+                 "offsets", "lengths", "attributes", "max_id", "accounted",
+                 "columns")
 
     @classmethod
     def load(cls, db_path, payload_path):
@@ -262,7 +339,7 @@ class Snapshot:
         (ids, created, actors, actions, resource_types, resource_ids,
          offsets, lengths) = columns
         try:
-            self.keys = array("q", map(neg, created))
+            self.keys = array("q", map(invert, created))
             self.ids = array("q", ids)
             self.offsets = array("q", offsets)
             self.lengths = array("q", lengths)
@@ -276,15 +353,54 @@ class Snapshot:
             for name, column in zip(
                 FILTER_FIELDS,
                 (actors, actions, resource_types, resource_ids))}
+        self.max_id = max(self.ids) if self.size else 0
+        self.accounted = sum(self.lengths)
+        # What building an event needs, in the order of its keys.
+        self.columns = (self.keys, self.ids) + tuple(
+            part for attribute in self.attributes.values()
+            for part in (attribute.codes, attribute.values))
 
     def page_positions(self, q):
         """Positions of the page's events, in result order."""
-        keys = self.keys
-        lo = bisect_left(keys, -q.to_ts)
-        hi = bisect_right(keys, -q.from_ts, lo)
-        if lo >= hi:
+        found = self.candidates(q, q.offset + q.page_size)
+        if found is None:
             return ()
-        # (attribute, code, first, end): the window within each list.
+        seq, first, end = found
+        start = first + q.offset
+        return seq[start:min(start + q.page_size, end)]
+
+    def position_after(self, created_at, event_id):
+        """The first position strictly after the event (created_at, id)
+        in created_at DESC, id DESC order, O(log n)."""
+        lo = bisect_left(self.keys, ~created_at)
+        hi = bisect_right(self.keys, ~created_at, lo)
+        ids = self.ids
+        while lo < hi:  # ids descend within one second
+            mid = (lo + hi) // 2
+            if ids[mid] < event_id:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def candidates(self, q, need):
+        """The positions matching ``q``'s window, cursor and filters, in
+        result order, as ``(seq, first, end)``: they are
+        ``seq[first:end]``.  None when nothing matches.
+
+        Without filters ``seq`` is ``range(size)``; with one, that value's
+        postings.  With several, the matches are collected into a list
+        and the walk stops once it holds ``need`` + 1 of them.
+        """
+        keys = self.keys
+        lo = bisect_left(keys, ~q.to_ts)
+        hi = bisect_right(keys, ~q.from_ts, lo)
+        after = q.after
+        if after is not None:
+            lo = max(lo, self.position_after(*after))
+        if lo >= hi:
+            return None
+        # (length, first, end, attribute, code): the window in each list.
         lists = []
         for name in FILTER_FIELDS:
             value = getattr(q, name)
@@ -293,38 +409,33 @@ class Snapshot:
             attribute = self.attributes[name]
             code = attribute.lookup(value)
             if code is None:
-                return ()
+                return None
             postings = attribute.postings
             first = bisect_left(postings, lo, attribute.starts[code],
                                 attribute.starts[code + 1])
             end = bisect_left(postings, hi, first,
                               attribute.starts[code + 1])
             if first == end:
-                return ()
+                return None
             lists.append((end - first, first, end, attribute, code))
 
-        offset = q.offset
         if not lists:
-            start = lo + offset
-            return range(start, min(start + q.page_size, hi))
+            return range(self.size), lo, hi
         if len(lists) == 1:
             _, first, end, attribute, _ = lists[0]
-            start = first + offset
-            if start >= end:
-                return ()
-            return attribute.postings[start:min(start + q.page_size, end)]
+            return attribute.postings, first, end
 
         # Several filters: walk the shortest list, keep positions whose
-        # other attributes match, in chunks that double until the page is
-        # full.  Costs at most O(length of the shortest list in the window).
-        lists.sort(key=lambda entry: entry[0])
+        # other attributes match, in chunks that double until there are
+        # enough.  Costs at most O(length of the shortest list in the
+        # window): the rows it must step over.
+        lists.sort(key=itemgetter(0))
         _, first, end, attribute, _ = lists[0]
         checks = [(other.codes.__getitem__, code.__eq__)
                   for _, _, _, other, code in lists[1:]]
-        need = offset + q.page_size
         matches = []
         chunk = max(2 * need, 256)
-        while first < end and len(matches) < need:
+        while first < end and len(matches) <= need:
             part = attribute.postings[first:min(first + chunk, end)]
             for code_at, is_wanted in checks:
                 part = list(compress(part, map(is_wanted, map(code_at,
@@ -332,36 +443,183 @@ class Snapshot:
             matches.extend(part)
             first += chunk
             chunk *= 2
-        return matches[offset:need]
+        if not matches:
+            return None
+        return matches, 0, len(matches)
 
-    def events_at(self, positions):
-        """Build the event dicts, reading every payload from the file."""
-        offsets, lengths, ids, keys = (self.offsets, self.lengths, self.ids,
-                                       self.keys)
-        path = self.payload_path
-        wanted = [(offsets[p], lengths[p], ids[p]) for p in positions]
-        raws = _read_payloads(path, wanted)
-        (actor_codes, actors), (action_codes, actions), \
-            (type_codes, types), (rid_codes, rids) = [
-                (a.codes, a.values) for a in self.attributes.values()]
-        events = []
-        append = events.append
-        for p, (offset, length, event_id), raw in zip(positions, wanted,
-                                                      raws):
-            payload = _decode(raw, length)
-            if payload is _BAD:
-                payload = decode_payload(raw, event_id, offset, length,
-                                         path)
-            append({
-                "id": event_id,
-                "created_at": -keys[p],
-                "actor_id": actors[actor_codes[p]],
-                "action": actions[action_codes[p]],
-                "resource_type": types[type_codes[p]],
-                "resource_id": rids[rid_codes[p]],
-                "payload": payload,
-            })
-        return events
+
+class _View:
+    """What a request reads: a large base snapshot and a small delta of
+    the events written since, both immutable, plus what it takes to tell
+    whether the dataset changed.  Published whole; never modified.
+
+    A refresh reads only the rows with an id above ``max_id`` and rebuilds
+    the delta from them and the delta's own rows: O(k log n) for k new
+    events while the delta stays small; past DELTA_LIMIT the base is
+    rebuilt.  ``clean`` says the rows account for every byte of the
+    payload file as it was before they were read, so an unchanged size
+    means nothing new; a dirty view (a write in flight, an unreferenced
+    line left by a crash) also asks SQLite for its largest id.
+    """
+
+    __slots__ = ("db_path", "payload_path", "anchor", "base", "delta",
+                 "delta_rows", "max_id", "accounted", "payload_size",
+                 "payload_identity", "clean")
+
+    def __init__(self, base, delta, delta_rows, max_id, accounted, stat):
+        self.db_path = base.db_path
+        self.payload_path = base.payload_path
+        self.anchor = base.anchor
+        self.base = base
+        self.delta = delta
+        self.delta_rows = delta_rows
+        self.max_id = max_id
+        self.accounted = accounted
+        self.payload_size = stat.st_size
+        self.payload_identity = (stat.st_ino, stat.st_dev)
+        self.clean = accounted == stat.st_size
+
+    @classmethod
+    def load(cls, db_path, payload_path):
+        stat = _stat_payload(payload_path)  # before the rows are read
+        base = Snapshot.load(db_path, payload_path)
+        return cls(base, None, [], base.max_id, base.accounted, stat)
+
+    def refreshed(self):
+        """A view with the rows written since this one; None when the
+        dataset was replaced or shrank, or the delta would grow too big.
+        """
+        stat = _stat_payload(self.payload_path)
+        if ((stat.st_ino, stat.st_dev) != self.payload_identity
+                or stat.st_size < self.payload_size):
+            return None
+        conn = audit_dataset.connect_readonly(self.db_path)
+        try:
+            rows = conn.execute(SELECT_NEWER_SQL, (self.max_id,)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise DatasetError(f"cannot read {self.db_path}: {exc}") from exc
+        finally:
+            conn.close()
+        if not rows:
+            return _View(self.base, self.delta, self.delta_rows,
+                         self.max_id, self.accounted, stat)
+        if len(self.delta_rows) + len(rows) > DELTA_LIMIT:
+            return None
+        # Both runs are sorted; timsort merges them in linear time.
+        delta_rows = sorted(self.delta_rows + rows, key=_row_order)
+        delta = Snapshot(self.db_path, self.payload_path, self.anchor,
+                         delta_rows)
+        return _View(self.base, delta, delta_rows,
+                     max(self.max_id, delta.max_id),
+                     self.accounted + sum(map(itemgetter(7), rows)), stat)
+
+    def page(self, q):
+        """``(items, has_more)``: the page as (snapshot, position) pairs
+        in result order, and whether events follow it."""
+        offset, size = q.offset, q.page_size
+        need = offset + size
+        found = self.base.candidates(q, need)
+        extra = (self.delta.candidates(q, need)
+                 if self.delta is not None else None)
+        if extra is None:
+            if found is None:
+                return [], False
+            seq, first, end = found
+            start = first + offset
+            stop = min(start + size, end)
+            base = self.base
+            return [(base, p) for p in seq[start:stop]], stop < end
+        if found is None:
+            found, extra = extra, None
+            seq, first, end = found
+            start = first + offset
+            stop = min(start + size, end)
+            delta = self.delta
+            return [(delta, p) for p in seq[start:stop]], stop < end
+        return _merged_page(self.base, found, self.delta, extra, offset,
+                            size)
+
+
+def _row_order(row):
+    return -row[1], -row[0]
+
+
+def _stat_payload(path):
+    try:
+        return os.stat(path)
+    except FileNotFoundError as exc:
+        raise DatasetMissingError(f"payload file not found: {path}") from exc
+
+
+def _merged_page(a_snap, a, b_snap, b, offset, size):
+    """The page at ``offset`` of two sorted candidate sequences merged.
+
+    A binary search finds how many of the first ``offset`` merged events
+    come from ``b`` (the kth element of two sorted arrays), O(log n); the
+    page is then merged forward.  Ids are unique, so keys never tie.
+    """
+    a_seq, a_first, a_end = a
+    b_seq, b_first, b_end = b
+    a_len, b_len = a_end - a_first, b_end - b_first
+    a_keys, a_ids = a_snap.keys, a_snap.ids
+    b_keys, b_ids = b_snap.keys, b_snap.ids
+
+    def a_key(i):
+        p = a_seq[a_first + i]
+        return a_keys[p], -a_ids[p]
+
+    def b_key(i):
+        p = b_seq[b_first + i]
+        return b_keys[p], -b_ids[p]
+
+    if offset >= a_len + b_len:
+        return [], False
+    # Smallest c (events taken from b) with a[offset - c - 1] < b[c].
+    lo, hi = max(0, offset - a_len), min(offset, b_len)
+    while lo < hi:
+        c = (lo + hi) // 2
+        if a_key(offset - c - 1) < b_key(c):
+            hi = c
+        else:
+            lo = c + 1
+    i, j = offset - lo, lo
+    items = []
+    while len(items) < size and (i < a_len or j < b_len):
+        if j >= b_len or (i < a_len and a_key(i) < b_key(j)):
+            items.append((a_snap, a_seq[a_first + i]))
+            i += 1
+        else:
+            items.append((b_snap, b_seq[b_first + j]))
+            j += 1
+    return items, i < a_len or j < b_len
+
+
+def _events_at(items):
+    """Build the event dicts of ``(snapshot, position)`` pairs, reading
+    every payload from the file, opened once."""
+    path = items[0][0].payload_path
+    wanted = [(snap.offsets[p], snap.lengths[p], snap.ids[p])
+              for snap, p in items]
+    raws = _read_payloads(path, wanted)
+    events = []
+    append = events.append
+    for (snap, p), (offset, length, event_id), raw in zip(items, wanted,
+                                                          raws):
+        (keys, _, actor_codes, actors, action_codes, actions, type_codes,
+         types, rid_codes, rids) = snap.columns
+        payload = _decode(raw, length)
+        if payload is _BAD:
+            payload = decode_payload(raw, event_id, offset, length, path)
+        append({
+            "id": event_id,
+            "created_at": ~keys[p],
+            "actor_id": actors[actor_codes[p]],
+            "action": actions[action_codes[p]],
+            "resource_type": types[type_codes[p]],
+            "resource_id": rids[rid_codes[p]],
+            "payload": payload,
+        })
+    return events
 
 
 _BAD = object()

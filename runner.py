@@ -196,13 +196,13 @@ def realistic_queries(profile, total, warmup, seed):
 def floor_pages(queries):
     """For each query, the metadata of the events on its page, taken from
     the enhanced snapshot (so that the floor does no searching)."""
-    snap = enhanced_audit_log_service._current()
+    snap = enhanced_audit_log_service._current().base
     attributes = [snap.attributes[name] for name in
                   enhanced_audit_log_service.FILTER_FIELDS]
     pages = []
     for q in queries:
         pages.append([
-            (snap.ids[p], -snap.keys[p])
+            (snap.ids[p], ~snap.keys[p])
             + tuple(a.values[a.codes[p]] for a in attributes)
             + (snap.offsets[p], snap.lengths[p])
             for p in snap.page_positions(q)])
@@ -397,11 +397,11 @@ def scale_table(sizes, seed=audit_dataset.DEFAULT_SEED, repeats=200,
         figures["rows"] = rows
         figures["seed_s"] = seeded_s
         enhanced_audit_log_service.init()
-        snap = enhanced_audit_log_service._current()
+        snap = enhanced_audit_log_service._current().base
         if progress:
             print(f"scale: {rows:,} events: service time by depth",
                   file=sys.stderr, flush=True)
-        figures["service_us"] = measure_depths(snap.anchor, -snap.keys[-1],
+        figures["service_us"] = measure_depths(snap.anchor, ~snap.keys[-1],
                                                repeats)
         report.append(figures)
         enhanced_audit_log_service._snapshot = None  # free it
