@@ -263,44 +263,9 @@ def check_soak(checks):
 
 
 def check_benchmarks(checks, args, figures):
-    anchor = runner.dataset_anchor()
-    profile = runner.sample_profile(audit_dataset.DB_PATH, args.seed)
-    mixes = {
-        "original": runner.benchmark_queries(anchor, args.total,
-                                             args.warmup, args.seed),
-        "realistic": runner.realistic_queries(profile, args.total,
-                                              args.warmup, args.seed),
-    }
-    for mix, queries in mixes.items():
-        checks.begin(f"benchmark, {mix} mix: {args.total} requests,"
-                     f" concurrency {args.concurrency}, warmup"
-                     f" {args.warmup}")
-        results = runner.benchmark_pair(queries, args.warmup,
-                                        args.concurrency)
-        print(runner.metrics_table(results), flush=True)
-        base, enh = results["baseline"], results["enhanced"]
-        figures[mix] = {
-            "baseline": base, "enhanced": enh,
-            "rps_ratio": enh["rps"] / base["rps"],
-            "p95_ratio": enh["p95_ms"] / base["p95_ms"],
-            "p99_ratio": enh["p99_ms"] / base["p99_ms"],
-        }
-        note(f"improvement: rps +{(enh['rps'] / base['rps'] - 1) * 100:,.0f}"
-             f"%, p95 -{(1 - enh['p95_ms'] / base['p95_ms']) * 100:.1f}%,"
-             f" p99 -{(1 - enh['p99_ms'] / base['p99_ms']) * 100:.1f}%")
-
-    checks.begin("floor: single-threaded enhanced service time against"
-                 " only reading and decoding the same payloads")
-    floor = runner.measure_floor(mixes["realistic"][args.warmup:])
-    figures["floor"] = floor
-    print(runner.format_table(
-        [("floor", floor["floor_us"]), ("enhanced", floor["enhanced_us"])],
-        ("realistic mix", "us/request")), flush=True)
-    note(f"enhanced / floor = {floor['ratio']:.2f}"
-         f" (median of {floor['rounds']} rounds)")
-    if floor["ratio_spread"] > 0.25 * floor["ratio"]:
-        note(f"warning: the rounds disagree by {floor['ratio_spread']:.2f};"
-             " the machine was busy, so this ratio is unreliable")
+    figures.update(runner.benchmark_mixes(
+        args.total, args.warmup, args.concurrency, args.seed,
+        announce=checks.begin))
 
 
 def check_gates(checks, figures):

@@ -120,7 +120,7 @@ class Query:
         if (self.page - 1) * self.page_size > MAX_OFFSET:
             raise ValueError(
                 f"page is too deep: page {self.page!r} of page_size"
-                f" {self.page_size!r} starts past row 2**63")
+                f" {self.page_size!r} starts at row 2**63 or later")
         after = None
         if self.cursor is not None:
             after = _decode_cursor(self.cursor, _fingerprint(self))

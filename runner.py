@@ -279,16 +279,61 @@ def dataset_anchor():
 
 # ---------------------------------------------------------------- commands
 
+def benchmark_mixes(total, warmup, concurrency, seed, announce=None):
+    """Benchmark both implementations on both mixes, then the floor.
+
+    Prints each table as it is measured (``announce(title)`` is called
+    before each; default: print the title) and returns the figures:
+    per mix both metric blocks and the enhanced/baseline ratios, and the
+    floor's.
+    """
+    announce = announce or (lambda title: print(f"\n{title}", flush=True))
+    anchor = dataset_anchor()
+    profile = sample_profile(audit_log_service.DB_PATH, seed)
+    mixes = {
+        "original": benchmark_queries(anchor, total, warmup, seed),
+        "realistic": realistic_queries(profile, total, warmup, seed),
+    }
+    figures = {}
+    for mix, queries in mixes.items():
+        announce(f"benchmark, {mix} mix: {total} requests, concurrency"
+                 f" {concurrency}, warmup {warmup}, seed {seed}")
+        results = benchmark_pair(queries, warmup, concurrency)
+        print(metrics_table(results), flush=True)
+        base, enh = results["baseline"], results["enhanced"]
+        figures[mix] = {
+            "baseline": base, "enhanced": enh,
+            "rps_ratio": enh["rps"] / base["rps"],
+            "p95_ratio": enh["p95_ms"] / base["p95_ms"],
+            "p99_ratio": enh["p99_ms"] / base["p99_ms"],
+        }
+        print(f"  improvement: rps +{(enh['rps'] / base['rps'] - 1) * 100:,.0f}"
+              f"%, p95 -{(1 - enh['p95_ms'] / base['p95_ms']) * 100:.1f}%,"
+              f" p99 -{(1 - enh['p99_ms'] / base['p99_ms']) * 100:.1f}%",
+              flush=True)
+
+    announce("floor: single-threaded enhanced service time against only"
+             " reading and decoding the same payloads (realistic mix)")
+    floor = measure_floor(mixes["realistic"][warmup:])
+    figures["floor"] = floor
+    print(format_table(
+        [("floor", floor["floor_us"]), ("enhanced", floor["enhanced_us"])],
+        ("realistic mix", "us/request")), flush=True)
+    print(f"  enhanced / floor = {floor['ratio']:.2f} (median of"
+          f" {floor['rounds']} rounds)", flush=True)
+    if floor["ratio_spread"] > 0.25 * floor["ratio"]:
+        print(f"  warning: the rounds disagree by"
+              f" {floor['ratio_spread']:.2f}; the machine was busy, so this"
+              " ratio is unreliable", flush=True)
+    return figures
+
+
 def cmd_bench(args):
     _use_data_dir(args.data_dir, rows=args.rows, seed=args.seed)
-    anchor = dataset_anchor()
-    queries = benchmark_queries(anchor, args.total, args.warmup, args.seed)
-    results = benchmark_pair(queries, args.warmup, args.concurrency)
-    print(f"original mix: {args.total} requests, concurrency"
-          f" {args.concurrency}, warmup {args.warmup}, seed {args.seed}")
-    print(metrics_table(results))
+    figures = benchmark_mixes(args.total, args.warmup, args.concurrency,
+                              args.seed)
     if args.json:
-        _write_json(args.json, {"original": results})
+        _write_json(args.json, figures)
     return 0
 
 
@@ -380,7 +425,7 @@ def scale_table(sizes, seed=audit_dataset.DEFAULT_SEED, repeats=200,
     service time at each depth.  Returns one dict per size."""
     report = []
     for rows in sizes:
-        data_dir = os.path.join(audit_dataset.DEFAULT_DATA_DIR,
+        data_dir = os.path.join(audit_dataset.DATA_DIR,
                                 f"generated-{rows}-seed-{seed}")
         seeded_s = None
         if not os.path.exists(os.path.join(data_dir,

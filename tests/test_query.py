@@ -178,7 +178,7 @@ class SixtyFourBitRangeTest(unittest.TestCase):
         page = 2 ** 62
         with self.assertRaisesRegex(
                 ValueError, rf"^page is too deep: page {page} of page_size"
-                            r" 20 starts past row 2\*\*63$"):
+                            r" 20 starts at row 2\*\*63 or later$"):
             q(page=page, page_size=20)
 
     def test_the_deepest_page_that_fits_is_valid(self):

@@ -178,8 +178,15 @@ class RunnerCommandLineTest(unittest.TestCase):
                          self.done.stderr.decode())
 
     def assert_pair(self, results):
-        self.assertEqual(set(results), {"baseline", "enhanced"})
-        for name, metrics in results.items():
+        self.assertEqual(set(results), {"baseline", "enhanced", "rps_ratio",
+                                        "p95_ratio", "p99_ratio"})
+        base, enh = results["baseline"], results["enhanced"]
+        self.assertAlmostEqual(results["rps_ratio"],
+                               enh["rps"] / base["rps"])
+        self.assertAlmostEqual(results["p99_ratio"],
+                               enh["p99_ms"] / base["p99_ms"])
+        for name in ("baseline", "enhanced"):
+            metrics = results[name]
             with self.subTest(implementation=name):
                 self.assertEqual(set(metrics), METRIC_KEYS)
                 self.assertEqual(metrics["count"], 20)
@@ -199,9 +206,6 @@ class RunnerCommandLineTest(unittest.TestCase):
             self.assertIn(word, table)
 
     # Issue 4: "Both mixes in `python3 runner.py` and in `./run_tests`";
-    # cmd_bench runs the original mix only.  Remove the marker once it
-    # runs the realistic mix too.
-    @unittest.expectedFailure
     def test_the_command_benchmarks_the_realistic_mix_too(self):
         self.assertIn("realistic", self.document)
         self.assert_pair(self.document["realistic"])
