@@ -467,6 +467,61 @@ def format_scale(report):
     return format_table(rows, headers)
 
 
+FRESHNESS_BATCHES = (1, 100, 10_000)
+
+
+def measure_freshness(data_dir, batches=FRESHNESS_BATCHES, progress=True):
+    """What the enhanced module pays to see new events, on a copy of the
+    dataset in ``data_dir`` (the original is never written).
+
+    Records each batch with ``record_event`` (ages spread over the last
+    day, so most are late arrivals), then times the first request's
+    refresh.  Also times the check a request makes when nothing changed.
+    Returns a dict of seconds and microseconds.
+    """
+    import shutil
+    import tempfile
+    module = enhanced_audit_log_service
+    with tempfile.TemporaryDirectory(prefix="audit-fresh-",
+                                     dir=audit_dataset.DATA_DIR) as tmp:
+        src = audit_dataset.resolve_paths(data_dir)
+        dst = audit_dataset.resolve_paths(tmp)
+        shutil.copyfile(src[1], dst[1])
+        shutil.copyfile(src[2], dst[2])
+        saved = module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE
+        module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = dst
+        try:
+            module._snapshot = None
+            module.init()
+            events = module._current().base.size
+            check_s = _median_time(module._current, 2001)
+            rng = random.Random(11)
+            now = int(time.time())
+            pickup_s = {}
+            for batch in batches:
+                if progress:
+                    print(f"freshness: recording {batch:,} events",
+                          file=sys.stderr, flush=True)
+                for _ in range(batch):
+                    module.record_event(
+                        rng.randint(1, 2000), "UPDATE", "ORDER",
+                        f"ORDER-{rng.randint(1, 50_000)}",
+                        {"note": "freshness probe"},
+                        created_at=now - rng.randrange(86400))
+                refreshes = module._refreshes
+                started = time.perf_counter()
+                module._current()
+                pickup_s[batch] = time.perf_counter() - started
+                if module._refreshes != refreshes + 1:
+                    raise RuntimeError("the batch was not taken in by a"
+                                       " delta refresh")
+        finally:
+            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = saved
+            module._snapshot = None
+    return {"events": events, "unchanged_check_us": check_s * 1e6,
+            "pickup_s": pickup_s}
+
+
 def cmd_scale(args):
     report = scale_table(args.sizes, seed=args.seed, repeats=args.repeats)
     print(f"one-filter query (action = UPDATE, whole log, page_size"
@@ -481,8 +536,17 @@ def cmd_scale(args):
     print(f"worst page {SCALE_PAGES[-1]} / page 1: {depth:.2f}x;"
           f" worst {last['rows']:,} / {first['rows']:,} events at one"
           f" page: {size:.2f}x")
+    largest = os.path.join(audit_dataset.DATA_DIR,
+                           f"generated-{last['rows']}-seed-{args.seed}")
+    fresh = measure_freshness(largest)
+    print(f"\nfreshness on {fresh['events']:,} events: a request that"
+          f" finds nothing new pays {fresh['unchanged_check_us']:.1f} us"
+          " for the check")
+    print(format_table(
+        [(k, s * 1000) for k, s in fresh["pickup_s"].items()],
+        ("new events", "first request's refresh ms")))
     if args.json:
-        _write_json(args.json, {"scale": report})
+        _write_json(args.json, {"scale": report, "freshness": fresh})
     return 0
 
 
