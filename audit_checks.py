@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import sys
 import tempfile
 import time
@@ -329,14 +328,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_tests",
         description="Seed, test, compare and benchmark both modules.")
-    parser.add_argument("--total", type=int, default=1000,
-                        help="timed requests per benchmark (1000)")
-    parser.add_argument("--concurrency", type=int, default=40,
-                        help="client threads (40)")
-    parser.add_argument("--warmup", type=int, default=50,
-                        help="untimed requests first (50)")
-    parser.add_argument("--seed", type=int, default=1337,
-                        help="seed of the query mixes (1337)")
+    runner.add_benchmark_flags(parser)
     parser.add_argument("--json", metavar="PATH",
                         help="write every metric and verdict to PATH")
     parser.add_argument("--compare", metavar="PREVIOUS",

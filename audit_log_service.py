@@ -18,7 +18,7 @@ import audit_dataset
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
                            DatasetMissingError, DatasetSchemaError,
                            PayloadError)
-from audit_query import Query, make_cursor, pick_query
+from audit_query import Query, page_response, pick_query
 
 __all__ = [
     "Query", "init", "query_events", "handle_request", "pick_query",
@@ -159,12 +159,7 @@ def handle_request(q=None):
     if not isinstance(q, Query):
         raise TypeError(f"q must be a Query, got {q!r}")
     events, has_more = _page(q)
-    next_cursor = None
-    if has_more:
-        last = events[-1]
-        next_cursor = make_cursor(q, last["created_at"], last["id"])
-    return {"query": q.as_dict(), "events": events, "count": len(events),
-            "next_cursor": next_cursor}
+    return page_response(q, events, has_more)
 
 
 def record_event(actor_id, action, resource_type, resource_id, payload,

@@ -23,7 +23,7 @@ import re
 from typing import Optional, Sequence, Tuple, Union
 
 __all__ = ["Query", "pick_query", "pick_realistic_query", "DataProfile",
-           "MAX_PAGE_SIZE", "MAX_OFFSET", "make_cursor"]
+           "MAX_PAGE_SIZE", "MAX_OFFSET", "make_cursor", "page_response"]
 
 MAX_PAGE_SIZE = 1000
 INT64_MIN = -(2 ** 63)
@@ -289,3 +289,15 @@ def pick_realistic_query(rng, profile):
         page = rng.randint(4, 200)
     return Query(from_ts=to_ts - length, to_ts=to_ts, page=page,
                  page_size=rng.choice((10, 20, 50, 100)), **filters)
+
+
+def page_response(q, events, has_more):
+    """The dict ``handle_request`` returns for a page of ``q``:
+    ``{"query", "events", "count", "next_cursor"}``; ``next_cursor``
+    continues after the last event, None when no event follows."""
+    next_cursor = None
+    if has_more:
+        last = events[-1]
+        next_cursor = make_cursor(q, last["created_at"], last["id"])
+    return {"query": q.as_dict(), "events": events, "count": len(events),
+            "next_cursor": next_cursor}

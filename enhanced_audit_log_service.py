@@ -37,7 +37,7 @@ import audit_dataset
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
                            DatasetMissingError, DatasetSchemaError,
                            PayloadError, decode_payload)
-from audit_query import Query, make_cursor, pick_query
+from audit_query import Query, page_response, pick_query
 
 __all__ = [
     "Query", "init", "query_events", "handle_request", "pick_query",
@@ -110,25 +110,13 @@ def handle_request(q=None):
     if q is None:
         q = _pick_query()
     events, has_more = _page(q)
-    next_cursor = None
-    if has_more:
-        last = events[-1]
-        next_cursor = make_cursor(q, last["created_at"], last["id"])
-    return {"query": q.as_dict(), "events": events, "count": len(events),
-            "next_cursor": next_cursor}
+    return page_response(q, events, has_more)
 
 
 def record_event(actor_id, action, resource_type, resource_id, payload,
                  created_at=None):
-    """Record one event in this module's dataset and return its new id.
-
-    The payload line is appended and flushed to disk before the row is
-    inserted, under a lock that serializes writers across threads and
-    processes.  ``created_at`` defaults to now; an older value is allowed.
-    Raises TypeError or ValueError naming the field and the value, and
-    DatasetError subclasses naming the path (nothing is created when a
-    file is missing).  See ``audit_dataset.append_event``.
-    """
+    """``audit_log_service.record_event``, writing to this module's
+    dataset (DB_PATH, PAYLOAD_FILE); the next request sees the event."""
     return audit_dataset.append_event(
         DB_PATH, PAYLOAD_FILE, actor_id, action, resource_type,
         resource_id, payload, created_at)

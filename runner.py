@@ -588,17 +588,30 @@ def _positive_int(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        description="Benchmark the baseline and enhanced audit log modules.")
+def add_benchmark_flags(parser):
+    """--total, --concurrency, --warmup and --seed, for every command that
+    benchmarks (this one and run_tests)."""
     parser.add_argument("--total", type=_positive_int, default=1000,
                         help="timed requests per implementation (1000)")
     parser.add_argument("--concurrency", type=_positive_int, default=40,
                         help="client threads (40)")
-    parser.add_argument("--warmup", type=int, default=50,
+    parser.add_argument("--warmup", type=_non_negative_int, default=50,
                         help="untimed requests first (50)")
     parser.add_argument("--seed", type=int, default=audit_dataset.DEFAULT_SEED,
-                        help="seed of the dataset and the query mix (1337)")
+                        help="seed of the dataset and the query mixes (1337)")
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Benchmark the baseline and enhanced audit log modules.")
+    add_benchmark_flags(parser)
     parser.add_argument("--rows", type=_positive_int,
                         default=audit_dataset.DEFAULT_ROWS,
                         help="events to generate when seeding (50000)")

@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 import tempfile
+import unittest
 
 import audit_dataset
 import audit_log_service
@@ -96,3 +98,17 @@ def temporary_dataset(events, anchor=None, modules=MODULES):
         write_dataset(tmp, events, anchor)
         with using_dataset(tmp, modules) as paths:
             yield paths
+
+
+def for_both_modules(mixin):
+    """Define ``Baseline<name>`` and ``Enhanced<name>`` test cases, in the
+    module that defines ``mixin``, each with ``module`` set to one
+    implementation."""
+    namespace = sys.modules[mixin.__module__].__dict__
+    for label, module in (("Baseline", audit_log_service),
+                          ("Enhanced", enhanced_audit_log_service)):
+        name = label + mixin.__name__
+        namespace[name] = type(name, (mixin, unittest.TestCase),
+                               {"module": module,
+                                "__module__": mixin.__module__})
+    return mixin

@@ -14,10 +14,8 @@ import json
 import random
 import unittest
 
-import audit_log_service
-import enhanced_audit_log_service
 from audit_query import INT64_MAX, INT64_MIN, Query, make_cursor
-from tests import event, temporary_dataset
+from tests import event, for_both_modules, temporary_dataset
 
 
 def forge(fields):
@@ -207,16 +205,6 @@ def reference(q):
                    and q.actor_id in (None, e["actor_id"])
                    and q.action in (None, e["action"])), reverse=True)
     return [event_id for _, event_id in keys]
-
-
-def for_both_modules(mixin):
-    """Define ``Baseline<name>`` and ``Enhanced<name>`` test cases."""
-    for label, module in (("Baseline", audit_log_service),
-                          ("Enhanced", enhanced_audit_log_service)):
-        name = label + mixin.__name__
-        globals()[name] = type(name, (mixin, unittest.TestCase),
-                               {"module": module, "__module__": __name__})
-    return mixin
 
 
 class OnTieHeavyDataset:

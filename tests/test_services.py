@@ -26,7 +26,8 @@ import audit_dataset
 import audit_log_service
 import enhanced_audit_log_service
 from audit_query import Query, pick_query
-from tests import reset, temporary_dataset, using_dataset
+from tests import (for_both_modules, reset, temporary_dataset,
+                   using_dataset)
 
 ANCHOR = 400
 WEEK = 7 * 86400
@@ -78,16 +79,6 @@ def reference_ids(q):
             matching.append((t, i))
     matching.sort(reverse=True)
     return [i for _, i in matching[q.offset:q.offset + q.page_size]]
-
-
-def for_both_modules(mixin):
-    """Define ``Baseline<name>`` and ``Enhanced<name>`` test cases."""
-    for label, module in (("Baseline", audit_log_service),
-                          ("Enhanced", enhanced_audit_log_service)):
-        name = label + mixin.__name__
-        globals()[name] = type(name, (mixin, unittest.TestCase),
-                               {"module": module, "__module__": __name__})
-    return mixin
 
 
 class OnSmallDataset:

@@ -13,7 +13,6 @@ made after it was built.
 """
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -31,8 +30,8 @@ import audit_dataset
 import audit_log_service
 import enhanced_audit_log_service
 from audit_query import Query
-from tests import (MODULES, event, temporary_dataset, using_dataset,
-                   write_dataset)
+from tests import (MODULES, event, for_both_modules, temporary_dataset,
+                   using_dataset, write_dataset)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT_S = 120
@@ -94,16 +93,6 @@ def walk_by_number(module, q, limit=10_000):
             return pages
         pages.append(events)
     raise AssertionError(f"paging by number did not end: {q}")
-
-
-def for_both_modules(mixin):
-    """Define ``Baseline<name>`` and ``Enhanced<name>`` test cases."""
-    for label, module in (("Baseline", audit_log_service),
-                          ("Enhanced", enhanced_audit_log_service)):
-        name = label + mixin.__name__
-        globals()[name] = type(name, (mixin, unittest.TestCase),
-                               {"module": module, "__module__": __name__})
-    return mixin
 
 
 class OnGrowingDataset:
