@@ -18,6 +18,7 @@ import unittest
 
 import audit_dataset
 import audit_log_service
+import audit_seed
 import enhanced_audit_log_service
 import runner
 from audit_query import Query, pick_query
@@ -80,8 +81,8 @@ def note(message):
 def check_dataset(checks):
     checks.begin("dataset")
     started = time.perf_counter()
-    seeded = audit_dataset.ensure_dataset(audit_dataset.DB_PATH,
-                                          audit_dataset.PAYLOAD_FILE)
+    seeded = audit_seed.ensure_dataset(audit_dataset.DB_PATH,
+                                       audit_dataset.PAYLOAD_FILE)
     conn = audit_dataset.connect_readonly(audit_dataset.DB_PATH)
     try:
         audit_dataset.check_schema(conn, audit_dataset.DB_PATH)
@@ -205,8 +206,8 @@ def check_equivalence(checks):
     # A dataset where many events share each second tests the id DESC
     # tie-breaker in every path.
     with tempfile.TemporaryDirectory(prefix="audit-ties-") as tmp:
-        audit_dataset.seed_dataset(tmp, rows=3000, seed=7, anchor=10 ** 9,
-                                   span_seconds=40, progress=False)
+        audit_seed.seed_dataset(tmp, rows=3000, seed=7, anchor=10 ** 9,
+                                span_seconds=40, progress=False)
         with _pointed_at(tmp):
             rng = random.Random(7)
             queries = []

@@ -48,6 +48,8 @@ from operator import itemgetter
 
 import audit_dataset
 import audit_log_service
+import audit_seed
+import audit_writer
 import enhanced_audit_log_service
 from audit_query import INT64_MAX, INT64_MIN, Query
 
@@ -480,7 +482,7 @@ class _Mapper:
                 return number
         stored = self.stored.get(value, _MISSING)
         if stored is _MISSING:
-            stored = self.stored[value] = audit_dataset.integer_affinity(
+            stored = self.stored[value] = audit_writer.integer_affinity(
                 value, self.probe)
         if type(stored) is not str:
             raise AuditImportError(
@@ -546,8 +548,8 @@ def import_files(paths, fmt, data_dir=None, mode="create",
     created_dir = not os.path.isdir(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     try:
-        with audit_dataset._SeedLock(data_dir):
-            audit_dataset._recover_interrupted_seed(data_dir)
+        with audit_seed.SeedLock(data_dir):
+            audit_seed.recover_interrupted_seed(data_dir)
             _remove_stale_builds(data_dir)
             existing = _existing_dataset(data_dir, db_path, payload_path,
                                          mode)
@@ -752,25 +754,25 @@ def _move_into_place(data_dir, build, db_path, payload_path, existing,
         # the old database is whole with either file: after a crash
         # between the two moves, the old dataset is still complete.
         os.replace(build.payload_path, payload_path)
-        audit_dataset._fsync_dir(data_dir)
+        audit_seed.fsync_dir(data_dir)
         os.replace(build.db_path, db_path)
-        audit_dataset._fsync_dir(data_dir)
+        audit_seed.fsync_dir(data_dir)
         return
     # Seeding's protocol: while the marker exists and the database does
     # not, recovery removes the lone payload file; so from here a crash
     # leaves either no dataset or the new one, never a mix of two.
-    marker = os.path.join(data_dir, audit_dataset.SEED_MARKER_NAME)
+    marker = os.path.join(data_dir, audit_seed.SEED_MARKER_NAME)
     with open(marker, "w"):
         pass
-    audit_dataset._fsync_dir(data_dir)
+    audit_seed.fsync_dir(data_dir)
     if existing:
-        audit_dataset._remove_if_present(db_path)
-        audit_dataset._fsync_dir(data_dir)
+        audit_seed.remove_if_present(db_path)
+        audit_seed.fsync_dir(data_dir)
     os.replace(build.payload_path, payload_path)
     os.replace(build.db_path, db_path)
-    audit_dataset._fsync_dir(data_dir)
+    audit_seed.fsync_dir(data_dir)
     os.remove(marker)
-    audit_dataset._fsync_dir(data_dir)
+    audit_seed.fsync_dir(data_dir)
 
 
 def _remove_stale_builds(data_dir):
@@ -783,7 +785,7 @@ def _remove_stale_builds(data_dir):
 def _remove_if_only_lock(data_dir):
     """Undo the creation of ``data_dir`` when a failed import made it."""
     try:
-        if set(os.listdir(data_dir)) <= {audit_dataset.SEED_LOCK_NAME}:
+        if set(os.listdir(data_dir)) <= {audit_seed.SEED_LOCK_NAME}:
             shutil.rmtree(data_dir)
     except OSError:
         pass

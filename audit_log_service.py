@@ -15,6 +15,8 @@ import sqlite3
 import threading
 
 import audit_dataset
+import audit_seed
+import audit_writer
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
                            DatasetMissingError, DatasetSchemaError,
                            PayloadError)
@@ -66,7 +68,7 @@ def _anchor():
         return anchor
     with _lock:
         if key not in _ready:
-            audit_dataset.ensure_dataset(DB_PATH, PAYLOAD_FILE)
+            audit_seed.ensure_dataset(DB_PATH, PAYLOAD_FILE)
             conn = audit_dataset.connect_readonly(DB_PATH)
             try:
                 audit_dataset.check_schema(conn, DB_PATH)
@@ -171,9 +173,9 @@ def record_event(actor_id, action, resource_type, resource_id, payload,
     processes.  ``created_at`` defaults to now; an older value is allowed.
     Raises TypeError or ValueError naming the field and the value, and
     DatasetError subclasses naming the path (nothing is created when a
-    file is missing).  See ``audit_dataset.append_event``.
+    file is missing).  See ``audit_writer.append_event``.
     """
-    return audit_dataset.append_event(
+    return audit_writer.append_event(
         DB_PATH, PAYLOAD_FILE, actor_id, action, resource_type,
         resource_id, payload, created_at)
 

@@ -23,6 +23,7 @@ import time
 
 import audit_dataset
 import audit_log_service
+import audit_seed
 import enhanced_audit_log_service
 from audit_query import MAX_PAGE_SIZE, Query, pick_query
 
@@ -47,7 +48,7 @@ KEPT_SAMPLES = 5
 STUCK_S = 60.0
 
 
-def soak(threads=8, seconds=10.0, seed=audit_dataset.DEFAULT_SEED):
+def soak(threads=8, seconds=10.0, seed=audit_seed.DEFAULT_SEED):
     """Run mixed queries against both modules from ``threads`` threads for
     ``seconds`` seconds, comparing every answer.
 
@@ -132,7 +133,7 @@ def add_commands(subparsers):
     parser.add_argument("--data-dir", default=None,
                         help="dataset directory (default: data/ or"
                              " $AUDIT_LOG_DATA_DIR; seeded if empty)")
-    parser.add_argument("--seed", type=int, default=audit_dataset.DEFAULT_SEED,
+    parser.add_argument("--seed", type=int, default=audit_seed.DEFAULT_SEED,
                         help="seed of the query mix (1337)")
     parser.set_defaults(func=_cmd_soak)
 

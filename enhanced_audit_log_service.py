@@ -34,6 +34,8 @@ from itertools import compress, count
 from operator import invert, itemgetter, ne
 
 import audit_dataset
+import audit_seed
+import audit_writer
 from audit_dataset import (DATA_DIR, DB_PATH, PAYLOAD_FILE, DatasetError,
                            DatasetMissingError, DatasetSchemaError,
                            PayloadError, decode_payload)
@@ -117,7 +119,7 @@ def record_event(actor_id, action, resource_type, resource_id, payload,
                  created_at=None):
     """``audit_log_service.record_event``, writing to this module's
     dataset (DB_PATH, PAYLOAD_FILE); the next request sees the event."""
-    return audit_dataset.append_event(
+    return audit_writer.append_event(
         DB_PATH, PAYLOAD_FILE, actor_id, action, resource_type,
         resource_id, payload, created_at)
 
@@ -171,7 +173,7 @@ def _rebuild(seen):
 
 def _build_locked():
     global _snapshot, _builds
-    audit_dataset.ensure_dataset(DB_PATH, PAYLOAD_FILE)
+    audit_seed.ensure_dataset(DB_PATH, PAYLOAD_FILE)
     view = _View.load(DB_PATH, PAYLOAD_FILE)
     _snapshot = view  # published whole, in one assignment
     _builds += 1

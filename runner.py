@@ -22,6 +22,7 @@ import time
 import audit_dataset
 import audit_import
 import audit_log_service
+import audit_seed
 import audit_soak
 import enhanced_audit_log_service
 from audit_query import (DataProfile, Query, pick_query,
@@ -340,8 +341,8 @@ def cmd_bench(args):
 def cmd_seed(args):
     data_dir = args.data_dir or audit_dataset.DATA_DIR
     started = time.perf_counter()
-    audit_dataset.seed_dataset(data_dir, rows=args.rows, seed=args.seed,
-                               anchor=args.anchor)
+    audit_seed.seed_dataset(data_dir, rows=args.rows, seed=args.seed,
+                            anchor=args.anchor)
     print(f"seeded {args.rows:,} events in {data_dir} in"
           f" {time.perf_counter() - started:.1f} s")
     return 0
@@ -419,7 +420,7 @@ def measure_depths(anchor, first_ts, repeats):
     return service_us
 
 
-def scale_table(sizes, seed=audit_dataset.DEFAULT_SEED, repeats=200,
+def scale_table(sizes, seed=audit_seed.DEFAULT_SEED, repeats=200,
                 progress=True):
     """Measure every size: seeding, fetch, build, bytes per event and the
     service time at each depth.  Returns one dict per size."""
@@ -431,8 +432,8 @@ def scale_table(sizes, seed=audit_dataset.DEFAULT_SEED, repeats=200,
         if not os.path.exists(os.path.join(data_dir,
                                            audit_dataset.DB_NAME)):
             started = time.perf_counter()
-            audit_dataset.seed_dataset(data_dir, rows=rows, seed=seed,
-                                       progress=progress)
+            audit_seed.seed_dataset(data_dir, rows=rows, seed=seed,
+                                    progress=progress)
             seeded_s = time.perf_counter() - started
         paths = _use_data_dir(data_dir)
         if progress:
@@ -550,16 +551,16 @@ def cmd_scale(args):
     return 0
 
 
-def _use_data_dir(data_dir, rows=audit_dataset.DEFAULT_ROWS,
-                  seed=audit_dataset.DEFAULT_SEED):
+def _use_data_dir(data_dir, rows=audit_seed.DEFAULT_ROWS,
+                  seed=audit_seed.DEFAULT_SEED):
     """Point both modules at a dataset, seeding it if it is empty.
 
     Without ``data_dir``, a dataset of other than the default size or seed
     lives in its own folder under the default one, so that ``--rows`` never
     meets a dataset of another size.
     """
-    if data_dir is None and (rows, seed) != (audit_dataset.DEFAULT_ROWS,
-                                             audit_dataset.DEFAULT_SEED):
+    if data_dir is None and (rows, seed) != (audit_seed.DEFAULT_ROWS,
+                                             audit_seed.DEFAULT_SEED):
         data_dir = os.path.join(audit_dataset.DATA_DIR,
                                 f"generated-{rows}-seed-{seed}")
     if data_dir is not None:
@@ -569,7 +570,7 @@ def _use_data_dir(data_dir, rows=audit_dataset.DEFAULT_ROWS,
     for module in IMPLEMENTATIONS.values():
         module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
     if not (os.path.exists(paths[1]) or os.path.exists(paths[2])):
-        audit_dataset.seed_dataset(paths[0], rows=rows, seed=seed)
+        audit_seed.seed_dataset(paths[0], rows=rows, seed=seed)
     return paths
 
 
@@ -597,7 +598,7 @@ def add_benchmark_flags(parser):
                         help="client threads (40)")
     parser.add_argument("--warmup", type=_non_negative_int, default=50,
                         help="untimed requests first (50)")
-    parser.add_argument("--seed", type=int, default=audit_dataset.DEFAULT_SEED,
+    parser.add_argument("--seed", type=int, default=audit_seed.DEFAULT_SEED,
                         help="seed of the dataset and the query mixes (1337)")
 
 
@@ -613,7 +614,7 @@ def build_parser():
         description="Benchmark the baseline and enhanced audit log modules.")
     add_benchmark_flags(parser)
     parser.add_argument("--rows", type=_positive_int,
-                        default=audit_dataset.DEFAULT_ROWS,
+                        default=audit_seed.DEFAULT_ROWS,
                         help="events to generate when seeding (50000)")
     parser.add_argument("--data-dir", default=None,
                         help="dataset directory (default: data/ or"
@@ -626,8 +627,8 @@ def build_parser():
     seed = sub.add_parser("seed", help="generate a dataset")
     seed.add_argument("--data-dir", default=None)
     seed.add_argument("--rows", type=_positive_int,
-                      default=audit_dataset.DEFAULT_ROWS)
-    seed.add_argument("--seed", type=int, default=audit_dataset.DEFAULT_SEED)
+                      default=audit_seed.DEFAULT_ROWS)
+    seed.add_argument("--seed", type=int, default=audit_seed.DEFAULT_SEED)
     seed.add_argument("--anchor", type=int, default=None,
                       help="Unix time the dataset ends at (default: now)")
     seed.set_defaults(func=cmd_seed)
@@ -637,7 +638,7 @@ def build_parser():
                        default=[50_000, 1_000_000],
                        help="dataset sizes (50000 1000000)")
     scale.add_argument("--seed", type=int,
-                       default=audit_dataset.DEFAULT_SEED)
+                       default=audit_seed.DEFAULT_SEED)
     scale.add_argument("--repeats", type=_positive_int, default=200,
                        help="calls per measured page (200)")
     scale.add_argument("--json", metavar="PATH")

@@ -19,6 +19,7 @@ import unittest
 
 import audit_dataset
 import audit_log_service
+import audit_seed
 from audit_dataset import DatasetMissingError
 from audit_query import Query
 from tests import (MODULES, event, temporary_dataset, using_dataset,
@@ -65,8 +66,8 @@ def read_bytes(path):
 
 
 def seed(data_dir, rows=300, seed=5, anchor=ANCHOR):
-    audit_dataset.seed_dataset(data_dir, rows=rows, seed=seed,
-                               anchor=anchor, progress=False)
+    audit_seed.seed_dataset(data_dir, rows=rows, seed=seed,
+                            anchor=anchor, progress=False)
     return audit_dataset.resolve_paths(data_dir)
 
 
@@ -247,8 +248,8 @@ class GeneratedValuesTest(unittest.TestCase):
 
     def test_many_events_share_a_second_when_the_span_is_short(self):
         with tempfile.TemporaryDirectory() as tmp:
-            audit_dataset.seed_dataset(tmp, rows=500, seed=1, anchor=1000,
-                                       span_seconds=50, progress=False)
+            audit_seed.seed_dataset(tmp, rows=500, seed=1, anchor=1000,
+                                    span_seconds=50, progress=False)
             times = collections.Counter(
                 r[1] for r in rows_of(os.path.join(tmp, "audit.db")))
         self.assertLessEqual(len(times), 50)
@@ -360,7 +361,7 @@ class ExistingDatasetIsNeverModifiedTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             _, db, payloads = seed(tmp, rows=100)
             before = fingerprint(tmp)
-            self.assertFalse(audit_dataset.ensure_dataset(
+            self.assertFalse(audit_seed.ensure_dataset(
                 db, payloads, rows=5, progress=False))
             self.assertEqual(fingerprint(tmp), before)
 
@@ -377,9 +378,9 @@ class OneFileWithoutTheOtherTest(unittest.TestCase):
             with self.assertRaisesRegex(
                     DatasetMissingError,
                     re.escape(paths[missing]) + " is missing"):
-                audit_dataset.ensure_dataset(paths["db"],
-                                             paths["payloads"],
-                                             progress=False)
+                audit_seed.ensure_dataset(paths["db"],
+                                          paths["payloads"],
+                                          progress=False)
             self.assertEqual(fingerprint(tmp), before)
             self.assertEqual(list(before), [os.path.basename(paths[keep])])
 
@@ -395,7 +396,7 @@ class SeedingWhenNeitherFileExistsTest(unittest.TestCase):
     def test_ensure_dataset_seeds_an_empty_directory_and_tidies_up(self):
         with tempfile.TemporaryDirectory() as tmp:
             _, db, payloads = audit_dataset.resolve_paths(tmp)
-            self.assertTrue(audit_dataset.ensure_dataset(
+            self.assertTrue(audit_seed.ensure_dataset(
                 db, payloads, rows=150, seed=3, progress=False))
             self.assertEqual(len(rows_of(db)), 150)
             left = [n for n in os.listdir(tmp)
@@ -416,8 +417,8 @@ class SeedingWhenNeitherFileExistsTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp, \
                 contextlib.redirect_stdout(out), \
                 contextlib.redirect_stderr(err):
-            audit_dataset.seed_dataset(tmp, rows=100, seed=1, anchor=ANCHOR,
-                                       progress=True)
+            audit_seed.seed_dataset(tmp, rows=100, seed=1, anchor=ANCHOR,
+                                    progress=True)
         self.assertEqual(out.getvalue(), "")
         self.assertIn("100", err.getvalue().splitlines()[-1])
 

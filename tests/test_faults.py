@@ -25,6 +25,7 @@ from unittest import mock
 import audit_dataset
 import audit_log_service
 import audit_query
+import audit_seed
 import audit_soak
 import enhanced_audit_log_service
 from audit_dataset import (DatasetError, DatasetMissingError,
@@ -529,8 +530,8 @@ class ExactFilterTest(unittest.TestCase):
 # ---------------------------------------------------------------- threads
 
 def seeded(tmp, rows=3000):
-    audit_dataset.seed_dataset(tmp, rows=rows, seed=7, anchor=ANCHOR,
-                               progress=False)
+    audit_seed.seed_dataset(tmp, rows=rows, seed=7, anchor=ANCHOR,
+                            progress=False)
 
 
 def mixed_queries(n, seed=11):
@@ -541,7 +542,7 @@ def mixed_queries(n, seed=11):
         queries.append(Query(
             to_ts - rng.randrange(3 * 86400), to_ts,
             actor_id=rng.choice((None, rng.randint(1, 2000))),
-            action=rng.choice((None,) + audit_dataset.ACTIONS),
+            action=rng.choice((None,) + audit_seed.ACTIONS),
             resource_type=rng.choice((None, "ORDER", "USER")),
             page=rng.randint(1, 4), page_size=rng.choice((1, 20, 100))))
     return queries
@@ -709,10 +710,10 @@ class WriterLockTest(unittest.TestCase):
 
 SEEDER = """
 import sys
-import audit_dataset
-audit_dataset.ensure_dataset(audit_dataset.DB_PATH,
-                             audit_dataset.PAYLOAD_FILE,
-                             rows=int(sys.argv[1]), seed=5)
+import audit_dataset, audit_seed
+audit_seed.ensure_dataset(audit_dataset.DB_PATH,
+                          audit_dataset.PAYLOAD_FILE,
+                          rows=int(sys.argv[1]), seed=5)
 """
 SEED_ROWS = 300
 
@@ -731,11 +732,11 @@ class InterruptedSeedTest(unittest.TestCase):
 
     def assert_next_run_serves_a_whole_dataset(self, tmp):
         with using_dataset(tmp) as (_, db_path, payload_path):
-            audit_dataset.ensure_dataset(db_path, payload_path,
-                                         rows=SEED_ROWS, progress=False)
+            audit_seed.ensure_dataset(db_path, payload_path,
+                                      rows=SEED_ROWS, progress=False)
             leftovers = [n for n in os.listdir(tmp)
-                         if n.startswith(audit_dataset.SEED_TMP_PREFIX)
-                         or n == audit_dataset.SEED_MARKER_NAME]
+                         if n.startswith(audit_seed.SEED_TMP_PREFIX)
+                         or n == audit_seed.SEED_MARKER_NAME]
             self.assertEqual(leftovers, [])
             with contextlib.closing(sqlite3.connect(db_path)) as conn:
                 (count,), = conn.execute(
@@ -764,7 +765,7 @@ class InterruptedSeedTest(unittest.TestCase):
                     self.assertNotIn("audit.db", names)
                     self.assertNotIn("payloads.jsonl", names)
                 else:
-                    self.assertIn(audit_dataset.SEED_MARKER_NAME, names)
+                    self.assertIn(audit_seed.SEED_MARKER_NAME, names)
                 self.assert_next_run_serves_a_whole_dataset(tmp)
 
     def test_a_seed_killed_during_generation_is_recovered(self):
@@ -784,7 +785,7 @@ class InterruptedSeedTest(unittest.TestCase):
             names = os.listdir(tmp)
             self.assertNotIn("audit.db", names)
             self.assertNotIn("payloads.jsonl", names)
-            self.assertTrue(any(n.startswith(audit_dataset.SEED_TMP_PREFIX)
+            self.assertTrue(any(n.startswith(audit_seed.SEED_TMP_PREFIX)
                                 for n in names), names)
             self.assert_next_run_serves_a_whole_dataset(tmp)
 

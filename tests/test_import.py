@@ -15,6 +15,7 @@ import unittest
 
 import audit_dataset
 import audit_import
+import audit_seed
 import runner
 from audit_import import AuditImportError, import_files, parse_time
 from audit_query import INT64_MAX, INT64_MIN, Query
@@ -523,7 +524,7 @@ class DatasetBuildTest(TempDirTestCase):
         import_files([self.ct_file("a.json", "2023-07-10T11:54:39Z")],
                      "cloudtrail", data_dir=self.data_dir)
         seeded = os.path.join(self.tmp, "seeded")
-        audit_dataset.seed_dataset(seeded, rows=3, progress=False)
+        audit_seed.seed_dataset(seeded, rows=3, progress=False)
 
         def schema(data_dir):
             conn = sqlite3.connect(audit_dataset.resolve_paths(data_dir)[1])
@@ -554,7 +555,7 @@ class DatasetBuildTest(TempDirTestCase):
         self.assertEqual([r[3] for r in self.rows()],
                          ["b.json-0", "b.json-1"])
         self.assertFalse(os.path.exists(os.path.join(
-            self.data_dir, audit_dataset.SEED_MARKER_NAME)))
+            self.data_dir, audit_seed.SEED_MARKER_NAME)))
 
     def test_append_adds_after_existing_ids(self):
         import_files([self.ct_file("a.json", "2023-07-10T11:54:40Z")],
@@ -617,7 +618,7 @@ class DatasetBuildTest(TempDirTestCase):
         with self.assertRaises(AuditImportError):
             import_files([bad], "cloudtrail", data_dir=self.data_dir)
         self.assertEqual(set(os.listdir(self.data_dir)) - {
-            audit_dataset.SEED_LOCK_NAME}, set())
+            audit_seed.SEED_LOCK_NAME}, set())
 
     def test_failed_replace_and_append_keep_the_old_dataset(self):
         import_files([self.ct_file("a.json", "2023-07-10T11:54:39Z")],

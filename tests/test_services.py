@@ -22,8 +22,8 @@ import tracemalloc
 import unittest
 from unittest import mock
 
-import audit_dataset
 import audit_log_service
+import audit_seed
 import enhanced_audit_log_service
 from audit_query import Query, pick_query
 from tests import (for_both_modules, reset, temporary_dataset,
@@ -474,8 +474,8 @@ class PayloadFileOpensTest(unittest.TestCase):
 # ------------------------------------------------ enhanced against baseline
 
 def generated_dataset(tmp):
-    audit_dataset.seed_dataset(tmp, rows=2000, seed=3, anchor=10 ** 9,
-                               span_seconds=300, progress=False)
+    audit_seed.seed_dataset(tmp, rows=2000, seed=3, anchor=10 ** 9,
+                            span_seconds=300, progress=False)
 
 
 def sampled_events(db_path, n=200):

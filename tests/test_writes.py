@@ -405,13 +405,13 @@ class MissingDatasetTest(unittest.TestCase):
 
 WRITER = """
 import random, sys
-import audit_dataset
+import audit_dataset, audit_writer
 _, db, payloads = audit_dataset.resolve_paths(sys.argv[1])
 rng = random.Random(int(sys.argv[3]))
 for n in range(int(sys.argv[2])):
     t = rng.randint(%d, %d)
     actor = rng.randint(1, 5)
-    new_id = audit_dataset.append_event(
+    new_id = audit_writer.append_event(
         db, payloads, actor, "CREATE", "USER", "USER-%%d" %% n,
         {"created_at": t, "actor": actor, "writer": "process", "n": n}, t)
     print(new_id, flush=True)
