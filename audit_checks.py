@@ -246,10 +246,10 @@ class _pointed_at:
 
 def check_real_logs(checks):
     checks.begin("real audit logs from ../shared/real-logs")
-    import audit_import
+    import audit_real_logs
     with tempfile.TemporaryDirectory(prefix="audit-real-") as tmp:
-        for name, ok, detail in audit_import.real_log_checks(SHARED_DIR,
-                                                             tmp):
+        for name, ok, detail in audit_real_logs.real_log_checks(
+                SHARED_DIR, tmp):
             checks.add(name, ok, detail)
 
 

@@ -1,5 +1,6 @@
-"""Tests of audit_import: times, the three formats, atomic builds, the
-import and query commands, and the real-log checks.
+"""Tests of the import: times and the three formats (audit_formats),
+atomic builds and the import and query commands (audit_import), and the
+real-log checks (audit_real_logs).
 
 Every fixture is written here, into a temporary folder per test.
 """
@@ -14,10 +15,12 @@ import tempfile
 import unittest
 
 import audit_dataset
-import audit_import
+import audit_formats
+import audit_real_logs
 import audit_seed
 import runner
-from audit_import import AuditImportError, import_files, parse_time
+from audit_formats import AuditImportError, parse_time
+from audit_import import import_files
 from audit_query import INT64_MAX, INT64_MIN, Query
 from tests import MODULES, using_dataset, write_dataset
 
@@ -169,10 +172,10 @@ class ParseTimeTest(unittest.TestCase):
         self.assertTrue(issubclass(AuditImportError, ValueError))
 
     def test_query_times_take_unix_seconds_or_iso(self):
-        self.assertEqual(audit_import.parse_query_time("-5"), -5)
-        self.assertEqual(audit_import.parse_query_time(str(T0)), T0)
+        self.assertEqual(audit_formats.parse_query_time("-5"), -5)
+        self.assertEqual(audit_formats.parse_query_time(str(T0)), T0)
         self.assertEqual(
-            audit_import.parse_query_time("2023-07-10T11:54:39Z"), T0)
+            audit_formats.parse_query_time("2023-07-10T11:54:39Z"), T0)
 
 
 # ---------------------------------------------------------------- cloudtrail
@@ -450,7 +453,7 @@ class JsonLinesTest(TempDirTestCase):
     def test_bad_field_spec_is_named(self):
         with self.assertRaisesRegex(AuditImportError,
                                     r"--field 'who=x': expected NAME="):
-            audit_import.parse_field_spec("who=x")
+            audit_formats.parse_field_spec("who=x")
 
     def test_numbers_and_booleans_in_text_fields_become_json_text(self):
         self.import_lines([{"t": T0, "a": 5, "rt": True, "ri": None}],
@@ -801,10 +804,10 @@ class CommandTest(TempDirTestCase):
                 self.assertRegex(err, r"^error: " + pattern)
 
     def test_query_actor_rule(self):
-        self.assertEqual(audit_import.query_actor("123"), 123)
-        self.assertEqual(audit_import.query_actor("0123"), "0123")
-        self.assertEqual(audit_import.query_actor("bob"), "bob")
-        self.assertIsNone(audit_import.query_actor(None))
+        self.assertEqual(audit_formats.query_actor("123"), 123)
+        self.assertEqual(audit_formats.query_actor("0123"), "0123")
+        self.assertEqual(audit_formats.query_actor("bob"), "bob")
+        self.assertIsNone(audit_formats.query_actor(None))
 
 
 # ---------------------------------------------------------------- checks
@@ -814,7 +817,7 @@ class RealLogChecksTest(TempDirTestCase):
     def test_missing_folder_is_reported_and_yields_no_checks(self):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            checks = audit_import.real_log_checks(self.tmp, self.tmp)
+            checks = audit_real_logs.real_log_checks(self.tmp, self.tmp)
         self.assertEqual(checks, [])
         self.assertRegex(err.getvalue(), r"real-logs not found")
 
@@ -841,7 +844,7 @@ class RealLogChecksTest(TempDirTestCase):
         err = io.StringIO()
         before = [m.DB_PATH for m in MODULES]
         with contextlib.redirect_stderr(err):
-            checks = audit_import.real_log_checks(
+            checks = audit_real_logs.real_log_checks(
                 os.path.join(self.tmp, "shared"), os.path.join(self.tmp, "w"))
         self.assertEqual([m.DB_PATH for m in MODULES], before)
         failed = [c for c in checks if not c[1]]
@@ -860,8 +863,8 @@ class RealLogChecksTest(TempDirTestCase):
     def test_detect_format_reasons(self):
         empty = self.write("empty.log", "")
         other = self.write("other.jsonl", [{"x": 1}])
-        self.assertEqual(audit_import.detect_format(empty)[2], "empty file")
-        self.assertRegex(audit_import.detect_format(other)[2],
+        self.assertEqual(audit_formats.detect_format(empty)[2], "empty file")
+        self.assertRegex(audit_formats.detect_format(other)[2],
                          r"not a CloudTrail, Kubernetes audit or Microsoft"
                          r" 365 record \(keys: x\)")
 
