@@ -36,6 +36,10 @@ GATES = {
     "realistic.p95_ratio": ("<=", 0.5),
     "realistic.p99_ratio": ("<=", 0.5),
     "floor.ratio": ("<=", 2.0),
+    "scale.bytes_per_event": ("<=", 150.0),
+    "scale.build_over_fetch": ("<=", 3.0),
+    "scale.depth_ratio": ("<=", 3.0),
+    "scale.size_ratio": ("<=", 3.0),
 }
 # What the enhanced module aims at (issue "Speed at every depth and
 # size"); reported, not gated.
@@ -45,6 +49,9 @@ TARGETS = {
     "original.p99_ratio": ("<=", 0.1),
     "realistic.p99_ratio": ("<=", 0.1),
     "floor.ratio": ("<=", 1.5),
+    "scale.build_over_fetch": ("<=", 2.0),
+    "scale.depth_ratio": ("<=", 2.0),
+    "scale.size_ratio": ("<=", 2.0),
 }
 HIGHER_IS_BETTER = {"rps_ratio"}
 
@@ -268,11 +275,19 @@ def check_benchmarks(checks, args, figures):
         announce=checks.begin))
 
 
+def check_scale(checks, figures):
+    checks.begin("scale: 50,000 and 1,000,000 events (seeded if needed)")
+    figures["scale"] = runner.run_scale([50_000, 1_000_000])
+
+
 def check_gates(checks, figures):
     checks.begin("gates (fail the run) and targets (reported)")
     verdicts = {}
     for label, table in (("gate", GATES), ("target", TARGETS)):
         for key, (op, bound) in table.items():
+            if key.split(".")[0] not in figures:
+                note(f"{label} {key}: not measured in this run")
+                continue
             value = _figure(figures, key)
             ok = value >= bound if op == ">=" else value <= bound
             verdicts[f"{label} {key}"] = {"value": value, "op": op,
@@ -293,10 +308,10 @@ def check_compare(checks, figures, previous_path, tolerance):
     for key in GATES:
         try:
             before = _figure(previous, key)
+            now = _figure(figures, key)
         except KeyError:
-            note(f"{key}: not in {previous_path}, not compared")
+            note(f"{key}: not measured in both runs, not compared")
             continue
-        now = _figure(figures, key)
         if key.rsplit(".", 1)[1] in HIGHER_IS_BETTER:
             ok = now >= before * (1 - tolerance)
         else:
@@ -335,6 +350,8 @@ def build_parser():
     parser.add_argument("--compare", metavar="PREVIOUS",
                         help="fail when a ratio got worse than in the"
                              " --json file PREVIOUS")
+    parser.add_argument("--quick", action="store_true",
+                        help="leave out the scale step (a million events)")
     parser.add_argument("--tolerance", type=float, default=0.25,
                         help="how much worse counts as a regression (0.25)")
     return parser
@@ -350,7 +367,10 @@ def main(argv):
     for step in (check_unit_tests, check_equivalence, check_real_logs,
                  check_soak):
         _guarded(checks, step, checks)
-    if _guarded(checks, check_benchmarks, checks, args, figures):
+    _guarded(checks, check_benchmarks, checks, args, figures)
+    if not args.quick:
+        _guarded(checks, check_scale, checks, figures)
+    if figures:
         verdicts = check_gates(checks, figures)
         if args.compare:
             _guarded(checks, check_compare, checks, figures, args.compare,

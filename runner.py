@@ -523,12 +523,14 @@ def measure_freshness(data_dir, batches=FRESHNESS_BATCHES, progress=True):
             "pickup_s": pickup_s}
 
 
-def cmd_scale(args):
-    report = scale_table(args.sizes, seed=args.seed, repeats=args.repeats)
+def run_scale(sizes, seed=audit_seed.DEFAULT_SEED, repeats=200):
+    """Measure and print the scale table and the cost of freshness on the
+    largest size; return the figures, with the worst ratios on top."""
+    report = scale_table(sizes, seed=seed, repeats=repeats)
     print(f"one-filter query (action = UPDATE, whole log, page_size"
-          f" {SCALE_PAGE_SIZE}), single-threaded; median of {args.repeats}"
-          " calls; fetch and build: median of 3")
-    print(format_scale(report))
+          f" {SCALE_PAGE_SIZE}), single-threaded; median of {repeats}"
+          " calls; fetch and build: median of 3", flush=True)
+    print(format_scale(report), flush=True)
     first, last = report[0], report[-1]
     depth = max(r["service_us"][SCALE_PAGES[-1]] / r["service_us"][1]
                 for r in report)
@@ -536,18 +538,26 @@ def cmd_scale(args):
                for p in SCALE_PAGES)
     print(f"worst page {SCALE_PAGES[-1]} / page 1: {depth:.2f}x;"
           f" worst {last['rows']:,} / {first['rows']:,} events at one"
-          f" page: {size:.2f}x")
+          f" page: {size:.2f}x", flush=True)
     largest = os.path.join(audit_dataset.DATA_DIR,
-                           f"generated-{last['rows']}-seed-{args.seed}")
+                           f"generated-{last['rows']}-seed-{seed}")
     fresh = measure_freshness(largest)
     print(f"\nfreshness on {fresh['events']:,} events: a request that"
           f" finds nothing new pays {fresh['unchanged_check_us']:.1f} us"
-          " for the check")
+          " for the check", flush=True)
     print(format_table(
         [(k, s * 1000) for k, s in fresh["pickup_s"].items()],
-        ("new events", "first request's refresh ms")))
+        ("new events", "first request's refresh ms")), flush=True)
+    return {"sizes": report, "freshness": fresh,
+            "build_over_fetch": last["build_over_fetch"],
+            "bytes_per_event": last["bytes_per_event"],
+            "depth_ratio": depth, "size_ratio": size}
+
+
+def cmd_scale(args):
+    figures = run_scale(args.sizes, seed=args.seed, repeats=args.repeats)
     if args.json:
-        _write_json(args.json, {"scale": report, "freshness": fresh})
+        _write_json(args.json, figures)
     return 0
 
 

@@ -212,11 +212,17 @@ class RunnerCommandLineTest(unittest.TestCase):
         self.assertIn("realistic", self.done.stdout.decode())
 
 
-def figures(rps=40.0, p95=0.5, p99=0.5, floor=1.0, **realistic):
-    """A figures dict as ``./run_tests --json`` writes it."""
+def figures(rps=40.0, p95=0.5, p99=0.5, floor=1.0, build=1.6,
+            scale=True, **realistic):
+    """A figures dict as ``./run_tests --json`` writes it (without the
+    scale step when ``scale`` is false, as ``--quick`` runs)."""
     mix = {"rps_ratio": rps, "p95_ratio": p95, "p99_ratio": p99}
     other = dict(mix, **realistic)
-    return {"original": mix, "realistic": other, "floor": {"ratio": floor}}
+    result = {"original": mix, "realistic": other, "floor": {"ratio": floor}}
+    if scale:
+        result["scale"] = {"bytes_per_event": 90.0, "build_over_fetch": build,
+                           "depth_ratio": 1.0, "size_ratio": 1.0}
+    return result
 
 
 class CompareTest(unittest.TestCase):
@@ -263,6 +269,18 @@ class CompareTest(unittest.TestCase):
         failed = self.failed(results)
         self.assertEqual(len(failed), 1)
         self.assertIn("floor.ratio", failed[0])
+
+    def test_a_slower_snapshot_build_fails_by_name(self):
+        results = self.compare(figures(build=2.1))
+        self.assertEqual(self.failed(results),
+                         ["no regression in scale.build_over_fetch"])
+
+    def test_a_quick_run_compares_what_it_measured(self):
+        results = self.compare(figures(scale=False))
+        self.assertEqual(self.failed(results), [])
+        compared = {r["check"] for r in results}
+        self.assertIn("no regression in floor.ratio", compared)
+        self.assertFalse([c for c in compared if "scale." in c])
 
     def test_changes_within_the_tolerance_pass(self):
         results = self.compare(figures(rps=31.0, p95=0.6, p99=0.62,

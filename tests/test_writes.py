@@ -659,3 +659,30 @@ class CrashBetweenAppendAndInsertTest(OnGrowingDataset):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ReplacedDatasetTest(unittest.TestCase):
+    """Files swapped in at the same paths (an import with --replace) are
+    served by the next request of the enhanced module, without a restart."""
+
+    def test_the_enhanced_module_serves_the_files_that_replaced_its_own(
+            self):
+        module = enhanced_audit_log_service
+        old = [event(100 + i, actor_id=1) for i in range(5)]
+        new = [event(200 + i, actor_id=2) for i in range(3)]
+        q = Query(0, 10 ** 6)
+        with temporary_dataset(old, modules=[module]) as paths:
+            data_dir = paths[0]
+            self.assertEqual([e["created_at"] for e in
+                              module.query_events(q)],
+                             [104, 103, 102, 101, 100])
+            builds = module._builds
+            with tempfile.TemporaryDirectory(dir=data_dir) as staging:
+                db, payloads = write_dataset(staging, new)
+                os.replace(payloads, paths[2])
+                os.replace(db, paths[1])
+            got = module.query_events(q)
+            self.assertEqual([e["created_at"] for e in got],
+                             [202, 201, 200])
+            self.assertEqual([e["actor_id"] for e in got], [2, 2, 2])
+            self.assertEqual(module._builds, builds + 1)
