@@ -664,8 +664,10 @@ def _read_payloads(path, wanted):
             def read_at(length, offset, seek=handle.seek, read=handle.read):
                 seek(offset)
                 return read(length)
-        if len(wanted) == 1:
-            return [read_at(wanted[0][1], wanted[0][0])]
+        offsets = [offset for offset, _, _ in wanted]
+        ends = {offset + length for offset, length, _ in wanted}
+        if ends.isdisjoint(offsets):  # no payload starts where one ends
+            return [read_at(length, offset) for offset, length, _ in wanted]
 
         # Runs of payloads that lie back to back (ids in time order, as in
         # imported logs) are read in one call and sliced.

@@ -210,54 +210,56 @@ def floor_pages(queries):
     return snap.payload_path, pages
 
 
-def read_floor(payload_path, pages):
-    """The least work a page needs: open the payload file, read and decode
-    each payload, build the event dicts.  Single-threaded; returns seconds.
+def read_floor_page(payload_path, page, scan=enhanced_audit_log_service
+                    ._scan_json, pread=os.pread):
+    """The least work one page needs: open the payload file, read and
+    decode each payload, build the event dicts.
 
     It decodes with the same direct call of json's C scanner as the
     enhanced module, so the ratio to it measures only the module's own
     overhead: finding the rows, checking, assembling.
     """
-    scan = enhanced_audit_log_service._scan_json
-    pread = os.pread
-    started = time.perf_counter()
-    for page in pages:
-        if not page:
-            continue
-        fd = os.open(payload_path, os.O_RDONLY)
-        try:
-            events = []
-            for (event_id, created_at, actor_id, action, resource_type,
-                 resource_id, offset, length) in page:
-                events.append({
-                    "id": event_id, "created_at": created_at,
-                    "actor_id": actor_id, "action": action,
-                    "resource_type": resource_type,
-                    "resource_id": resource_id,
-                    "payload": scan(pread(fd, length, offset)
-                                    .decode("utf-8"), 0)[0],
-                })
-        finally:
-            os.close(fd)
-    return time.perf_counter() - started
+    if not page:
+        return []
+    fd = os.open(payload_path, os.O_RDONLY)
+    try:
+        return [{
+            "id": event_id, "created_at": created_at,
+            "actor_id": actor_id, "action": action,
+            "resource_type": resource_type, "resource_id": resource_id,
+            "payload": scan(pread(fd, length, offset).decode("utf-8"), 0)[0],
+        } for (event_id, created_at, actor_id, action, resource_type,
+               resource_id, offset, length) in page]
+    finally:
+        os.close(fd)
 
 
-def measure_floor(queries, rounds=5):
+def measure_floor(queries, rounds=7):
     """Single-threaded enhanced service time against the floor.
 
-    Runs the floor and the enhanced module in turn, ``rounds`` times, on
-    the same queries; returns microseconds per request of each (medians
-    over the rounds) and the median of the per-round ratios.
+    Each query is served by the floor and then by the enhanced module,
+    back to back, so that a machine that slows down or speeds up affects
+    both alike; ``rounds`` passes over the queries.  Returns microseconds
+    per request of each (medians over the rounds), the median of the
+    per-round ratios and their spread.
     """
     payload_path, pages = floor_pages(queries)
     query_events = enhanced_audit_log_service.query_events
+    clock = time.perf_counter
+    for q, page in zip(queries, pages):  # warm both up, untimed
+        read_floor_page(payload_path, page)
+        query_events(q)
     floor_s, enhanced_s, ratios = [], [], []
     for _ in range(rounds):
-        floor = read_floor(payload_path, pages)
-        started = time.perf_counter()
-        for q in queries:
+        floor = enhanced = 0.0
+        for q, page in zip(queries, pages):
+            t0 = clock()
+            read_floor_page(payload_path, page)
+            t1 = clock()
             query_events(q)
-        enhanced = time.perf_counter() - started
+            t2 = clock()
+            floor += t1 - t0
+            enhanced += t2 - t1
         floor_s.append(floor)
         enhanced_s.append(enhanced)
         ratios.append(enhanced / floor)
