@@ -1,7 +1,7 @@
 """Enhanced audit log queries: a drop-in for ``audit_log_service``.
 
-The metadata of every event is loaded once into a read-only snapshot
-sorted ``created_at DESC, id DESC`` (the baseline's order, tie-breaker
+The metadata of every event is loaded into a read-only snapshot sorted
+``created_at DESC, id DESC`` (the baseline's order, tie-breaker
 included), built under a lock and published in one assignment; readers
 take no lock.  A request then finds its rows without scanning:
 
@@ -12,14 +12,23 @@ take no lock.  A request then finds its rows without scanning:
   within them is two more binary searches and the page is a slice;
 * with two or more filters, the filter with the fewest events in the
   window drives and the other columns are checked for each of them (the
-  only cost that grows with the data: the rows it must step over).
+  only cost that grows with the data: the rows it must step over);
+* a cursor is one more lower bound on the position.
 
 No step depends on the page number.  Payloads are never cached: each
 request opens the payload file once and reads the bytes of every returned
 event from it (``os.pread``; adjacent payloads in one read).
 
-Limitations: the snapshot is taken at the first request and does not see
-events written afterwards; it holds about 60 to 100 bytes per event.
+Freshness: what a request reads is a base snapshot plus a small delta of
+the events written since (see _View).  A stat of the payload file tells
+whether anything was written; if so, only the new rows are read, and a
+new view is published.  An event whose ``record_event`` returned before a
+request started is in its results.
+
+Limitations: events are only appended (an update or delete made by
+another tool is not seen until the files are replaced); past DELTA_LIMIT
+new events the base is rebuilt, and requests wait for that; the snapshot
+holds about 90 bytes per event at a million events.
 """
 
 import json
@@ -156,7 +165,7 @@ def _current():
     # the file keeps its size.  A dirty one also asks SQLite.
     if (stat.st_size == view.payload_size
             and (stat.st_ino, stat.st_dev) == view.payload_identity
-            and (view.clean or _newest_id(view.db_path) == view.max_id)):
+            and (view.clean or _newest_id(view) == view.max_id)):
         return view
     return _refresh(view)
 
@@ -195,17 +204,18 @@ def _refresh(seen):
         return fresh
 
 
-def _newest_id(db_path):
-    """The largest id in the database, on this thread's kept connection."""
-    conn = getattr(_local, "conn", None)
-    if conn is None or _local.path != db_path:
-        conn = audit_dataset.connect_readonly(db_path)
-        _local.conn, _local.path = conn, db_path
+def _newest_id(view):
+    """The largest id in the database, on a connection this thread keeps
+    for the view's base snapshot: a base rebuilt after the files were
+    replaced gets a connection to the new database file."""
+    if getattr(_local, "base", None) is not view.base:
+        _local.conn = audit_dataset.connect_readonly(view.db_path)
+        _local.base = view.base
     try:
-        return conn.execute(NEWEST_ID_SQL).fetchone()[0] or 0
+        return _local.conn.execute(NEWEST_ID_SQL).fetchone()[0] or 0
     except sqlite3.DatabaseError as exc:
-        _local.conn = None
-        raise DatasetError(f"cannot read {db_path}: {exc}") from exc
+        _local.base = None
+        raise DatasetError(f"cannot read {view.db_path}: {exc}") from exc
 
 
 def _typecode(largest):

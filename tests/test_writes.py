@@ -686,3 +686,43 @@ class ReplacedDatasetTest(unittest.TestCase):
                              [202, 201, 200])
             self.assertEqual([e["actor_id"] for e in got], [2, 2, 2])
             self.assertEqual(module._builds, builds + 1)
+
+    def test_a_dirty_view_asks_the_database_that_replaced_the_old_one(
+            self):
+        # A view whose rows do not account for every payload byte asks
+        # SQLite for its largest id on each request.  After the files are
+        # replaced, it must ask the new database, not a connection kept
+        # to the old one, or a row committed without a new payload byte
+        # (a write that was in flight) would never be seen.
+        module = enhanced_audit_log_service
+        q = Query(0, 10 ** 6)
+        orphan = b'{"no": "row"}\n'
+        with temporary_dataset([event(100 + i) for i in range(3)],
+                               modules=[module]) as paths:
+            _, db_path, payload_path = paths
+            with open(payload_path, "ab") as f:
+                f.write(orphan)
+            self.assertEqual(len(module.query_events(q)), 3)
+            self.assertEqual(len(module.query_events(q)), 3)  # asks SQLite
+            with tempfile.TemporaryDirectory(dir=paths[0]) as staging:
+                db, payloads = write_dataset(
+                    staging, [event(200 + i) for i in range(3)])
+                with open(payloads, "ab") as f:
+                    f.write(orphan)
+                os.replace(payloads, payload_path)
+                os.replace(db, db_path)
+            self.assertEqual([e["created_at"] for e in
+                              module.query_events(q)], [202, 201, 200])
+            size = os.path.getsize(payload_path)
+            conn = sqlite3.connect(db_path)
+            with conn:
+                conn.execute(
+                    "INSERT INTO audit_events (created_at, actor_id,"
+                    " action, resource_type, resource_id, payload_offset,"
+                    " payload_len) VALUES (300, 1, 'UPDATE', 'ORDER',"
+                    " 'ORDER-1', ?, ?)", (size - len(orphan), len(orphan)))
+            conn.close()
+            got = module.query_events(q)
+            self.assertEqual([e["created_at"] for e in got],
+                             [300, 202, 201, 200])
+            self.assertEqual(got[0]["payload"], {"no": "row"})
