@@ -22,17 +22,19 @@ event from it (``os.pread``; adjacent payloads in one read).
 Freshness: what a request reads is a base snapshot plus a small delta of
 the events written since (see _View).  A stat of the payload file tells
 whether anything was written; if so, only the new rows are read, and a
-new view is published.  An event whose ``record_event`` returned before a
-request started is in its results.
+new view is published; a thread rebuilds the base in the background once
+the delta grows past DELTA_LIMIT.  An event whose ``record_event``
+returned before a request started is in its results.
 
 Limitations: events are only appended (an update or delete made by
-another tool is not seen until the files are replaced); past DELTA_LIMIT
-new events the base is rebuilt, and requests wait for that; the snapshot
-holds about 90 bytes per event at a million events.
+another tool is not seen until the files are replaced); replacing the
+files makes the next request rebuild the snapshot, and requests wait for
+that; the snapshot holds about 90 bytes per event at a million events.
 """
 
 import json
 import json.scanner
+import logging
 import os
 import random
 import sqlite3
@@ -77,8 +79,8 @@ _LARGE_PAYLOAD_BYTES = audit_dataset._LARGE_PAYLOAD_BYTES
 _LARGE_OFFSET_BYTES = audit_dataset._LARGE_OFFSET_BYTES
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 
-# With more events than this beyond the base snapshot, the next refresh
-# rebuilds the base instead of the delta (see _View).
+# With more events than this in the delta, a thread rebuilds the base in
+# the background while requests go on with base and delta (see _View).
 DELTA_LIMIT = 65_536
 
 _rng = random.Random(1337)
@@ -86,7 +88,10 @@ _lock = threading.Lock()   # serializes builds and refreshes, never reads
 _snapshot = None           # the published _View; replaced, never changed
 _builds = 0                # full builds so far; the tests count them
 _refreshes = 0             # delta refreshes so far
+_compactions = 0           # bases rebuilt in the background so far
+_compactor = None          # the thread rebuilding the base, if one is
 _local = threading.local()  # per-thread connection for the dirty check
+_log = logging.getLogger(__name__)
 
 
 def init():
@@ -164,7 +169,7 @@ def _current():
     # so a clean view (its rows account for every byte) is fresh while
     # the file keeps its size.  A dirty one also asks SQLite.
     if (stat.st_size == view.payload_size
-            and (stat.st_ino, stat.st_dev) == view.payload_identity
+            and _identity(stat) == view.payload_identity
             and (view.clean or _newest_id(view) == view.max_id)):
         return view
     return _refresh(view)
@@ -191,17 +196,45 @@ def _build_locked():
 
 def _refresh(seen):
     """Take in what was written since ``seen`` was made."""
-    global _snapshot, _refreshes
+    global _snapshot, _refreshes, _compactor
     with _lock:
         view = _snapshot
         if view is not seen:
             return view  # another thread refreshed after our check
         fresh = view.refreshed()
-        if fresh is None:  # replaced, shrunk or too far behind
+        if fresh is None:  # the files were replaced, or shrank
             return _build_locked()
         _snapshot = fresh
         _refreshes += 1
+        if len(fresh.delta_rows) > DELTA_LIMIT and _compactor is None:
+            _compactor = threading.Thread(
+                target=_compact, args=(fresh,), daemon=True,
+                name="audit-log-compactor")
+            _compactor.start()
         return fresh
+
+
+def _compact(started_from):
+    """Rebuild the base from the database, without the lock, and publish
+    it with the events that came after it as the delta.
+
+    Requests meanwhile go on with the old base and a growing delta.  If
+    the files were replaced in the meantime, the new base is dropped.
+    """
+    global _snapshot, _compactions, _compactor
+    try:
+        fresh = _View.load(started_from.db_path, started_from.payload_path)
+        with _lock:
+            view = _snapshot
+            if (view is not None and view.base is started_from.base
+                    and fresh.payload_identity == view.payload_identity):
+                _snapshot = view.rebased(fresh.base)
+                _compactions += 1
+    except Exception:  # the next refresh over the limit tries again
+        _log.exception("rebuilding the audit log snapshot failed")
+    finally:
+        with _lock:
+            _compactor = None
 
 
 def _newest_id(view):
@@ -455,9 +488,9 @@ class _View:
     whether the dataset changed.  Published whole; never modified.
 
     A refresh reads only the rows with an id above ``max_id`` and rebuilds
-    the delta from them and the delta's own rows: O(k log n) for k new
-    events while the delta stays small; past DELTA_LIMIT the base is
-    rebuilt.  ``clean`` says the rows account for every byte of the
+    the delta from them and the delta's own rows: O(k log k + d) for k new
+    events and d in the delta; past DELTA_LIMIT a thread rebuilds the base
+    in the background.  ``clean`` says the rows account for every byte of the
     payload file as it was before they were read, so an unchanged size
     means nothing new; a dirty view (a write in flight, an unreferenced
     line left by a crash) also asks SQLite for its largest id.
@@ -467,7 +500,8 @@ class _View:
                  "delta_rows", "max_id", "accounted", "payload_size",
                  "payload_identity", "clean")
 
-    def __init__(self, base, delta, delta_rows, max_id, accounted, stat):
+    def __init__(self, base, delta, delta_rows, max_id, accounted,
+                 payload_size, payload_identity):
         self.db_path = base.db_path
         self.payload_path = base.payload_path
         self.anchor = base.anchor
@@ -476,22 +510,33 @@ class _View:
         self.delta_rows = delta_rows
         self.max_id = max_id
         self.accounted = accounted
-        self.payload_size = stat.st_size
-        self.payload_identity = (stat.st_ino, stat.st_dev)
-        self.clean = accounted == stat.st_size
+        self.payload_size = payload_size
+        self.payload_identity = payload_identity
+        self.clean = accounted == payload_size
+
+    def rebased(self, base):
+        """This view on a newer base: the delta keeps only the events the
+        base does not hold.  Its payload size is unknown (-1), so the next
+        request refreshes and measures it again."""
+        rows = [row for row in self.delta_rows if row[0] > base.max_id]
+        delta = (Snapshot(self.db_path, self.payload_path, self.anchor, rows)
+                 if rows else None)
+        return _View(base, delta, rows, max(self.max_id, base.max_id),
+                     base.accounted + sum(map(itemgetter(7), rows)),
+                     -1, self.payload_identity)
 
     @classmethod
     def load(cls, db_path, payload_path):
         stat = _stat_payload(payload_path)  # before the rows are read
         base = Snapshot.load(db_path, payload_path)
-        return cls(base, None, [], base.max_id, base.accounted, stat)
+        return cls(base, None, [], base.max_id, base.accounted,
+                   stat.st_size, _identity(stat))
 
     def refreshed(self):
         """A view with the rows written since this one; None when the
-        dataset was replaced or shrank, or the delta would grow too big.
-        """
+        dataset was replaced or shrank."""
         stat = _stat_payload(self.payload_path)
-        if ((stat.st_ino, stat.st_dev) != self.payload_identity
+        if (_identity(stat) != self.payload_identity
                 or stat.st_size < self.payload_size):
             return None
         conn = audit_dataset.connect_readonly(self.db_path)
@@ -503,16 +548,16 @@ class _View:
             conn.close()
         if not rows:
             return _View(self.base, self.delta, self.delta_rows,
-                         self.max_id, self.accounted, stat)
-        if len(self.delta_rows) + len(rows) > DELTA_LIMIT:
-            return None
+                         self.max_id, self.accounted, stat.st_size,
+                         self.payload_identity)
         # The old rows are one sorted run; timsort merges the new ones in.
         delta_rows = sorted(self.delta_rows + rows, key=_row_order)
         delta = Snapshot(self.db_path, self.payload_path, self.anchor,
                          delta_rows)
         return _View(self.base, delta, delta_rows,
                      max(self.max_id, delta.max_id),
-                     self.accounted + sum(map(itemgetter(7), rows)), stat)
+                     self.accounted + sum(map(itemgetter(7), rows)),
+                     stat.st_size, self.payload_identity)
 
     def page(self, q):
         """``(items, has_more)``: the page as (snapshot, position) pairs
@@ -539,6 +584,11 @@ class _View:
             return [(delta, p) for p in seq[start:stop]], stop < end
         return _merged_page(self.base, found, self.delta, extra, offset,
                             size)
+
+
+def _identity(stat):
+    """Which file a stat describes: a replaced file has another inode."""
+    return stat.st_ino, stat.st_dev
 
 
 def _row_order(row):

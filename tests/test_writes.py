@@ -726,3 +726,38 @@ class ReplacedDatasetTest(unittest.TestCase):
             self.assertEqual([e["created_at"] for e in got],
                              [300, 202, 201, 200])
             self.assertEqual(got[0]["payload"], {"no": "row"})
+
+
+class BackgroundRebuildTest(unittest.TestCase):
+    """Past DELTA_LIMIT new events, a thread rebuilds the base while
+    requests go on; no request waits for a rebuild of its own."""
+
+    def test_the_base_is_rebuilt_in_the_background_and_answers_stay_right(
+            self):
+        module = enhanced_audit_log_service
+        q = Query(0, 10 ** 6, page_size=50)
+        saved = module.DELTA_LIMIT
+        with temporary_dataset([event(100 + i) for i in range(20)]):
+            module.init()
+            builds, compactions = module._builds, module._compactions
+            module.DELTA_LIMIT = 5
+            try:
+                for i in range(14):
+                    # Late arrivals, sorted in among the old events.
+                    module.record_event(1, "UPDATE", "ORDER", f"ORDER-{i}",
+                                        {"i": i}, created_at=95 + 2 * i)
+                    self.assertEqual(module.query_events(q),
+                                     audit_log_service.query_events(q))
+                    compactor = module._compactor
+                    if compactor is not None:
+                        compactor.join(30)
+            finally:
+                module.DELTA_LIMIT = saved
+            self.assertEqual(module._builds, builds)
+            self.assertGreaterEqual(module._compactions, 2)
+            view = module._snapshot
+            self.assertGreater(view.base.size, 20)
+            self.assertLessEqual(len(view.delta_rows), 6)
+            self.assertEqual(module.query_events(q),
+                             audit_log_service.query_events(q))
+            self.assertEqual(len(module.query_events(q)), 34)
