@@ -135,16 +135,26 @@ def connect_readonly(db_path):
             from exc
 
 
+def read_error(exc, db_path):
+    """The dataset error for an sqlite3 error met reading ``db_path``.
+
+    An OperationalError (a lock held past the busy timeout, an I/O error)
+    is a DatasetError; any other DatabaseError (not a database, a
+    malformed file) is a DatasetSchemaError.  Both modules use this, so
+    they raise the same types.  Raise it ``from exc``.
+    """
+    if isinstance(exc, sqlite3.OperationalError):
+        return DatasetError(f"cannot read {db_path}: {exc}")
+    return DatasetSchemaError(
+        f"{db_path} is not a readable SQLite database: {exc}")
+
+
 def check_schema(conn, db_path):
     """Raise DatasetSchemaError unless ``audit_events`` has every column."""
     try:
         info = conn.execute("PRAGMA table_info(audit_events)").fetchall()
-    except sqlite3.OperationalError as exc:
-        # Busy past the timeout, or unreadable: not a schema problem.
-        raise DatasetError(f"cannot read {db_path}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
-        raise DatasetSchemaError(
-            f"{db_path} is not a readable SQLite database: {exc}") from exc
+        raise read_error(exc, db_path) from exc
     if not info:
         raise DatasetSchemaError(
             f"{db_path} has no table audit_events")
@@ -166,8 +176,7 @@ def check_column_types(conn, db_path):
     try:
         row = conn.execute(CHECK_TYPES_SQL).fetchone()
     except sqlite3.DatabaseError as exc:
-        raise DatasetSchemaError(
-            f"{db_path} is not a readable SQLite database: {exc}") from exc
+        raise read_error(exc, db_path) from exc
     if row is not None:
         raise DatasetSchemaError(
             f"{db_path}: id, created_at, payload_offset and payload_len"

@@ -75,7 +75,7 @@ def _anchor():
                 audit_dataset.check_column_types(conn, DB_PATH)
                 _ready[key] = audit_dataset.read_anchor(conn)
             except sqlite3.DatabaseError as exc:
-                raise DatasetError(f"cannot read {DB_PATH}: {exc}") from exc
+                raise audit_dataset.read_error(exc, DB_PATH) from exc
             finally:
                 conn.close()
         return _ready[key]
@@ -118,7 +118,7 @@ def _page(q):
     try:
         rows = conn.execute(sql, params).fetchall()
     except sqlite3.DatabaseError as exc:
-        raise DatasetError(f"query failed on {db_path}: {exc}") from exc
+        raise audit_dataset.read_error(exc, db_path) from exc
     finally:
         conn.close()
 

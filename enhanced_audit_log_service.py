@@ -248,7 +248,7 @@ def _newest_id(view):
         return _local.conn.execute(NEWEST_ID_SQL).fetchone()[0] or 0
     except sqlite3.DatabaseError as exc:
         _local.base = None
-        raise DatasetError(f"cannot read {view.db_path}: {exc}") from exc
+        raise audit_dataset.read_error(exc, view.db_path) from exc
 
 
 def _typecode(largest):
@@ -356,8 +356,7 @@ class Snapshot:
                 anchor = audit_dataset.read_anchor(conn)
                 rows = conn.execute(SELECT_ALL_SQL).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise DatasetError(
-                    f"cannot read {db_path}: {exc}") from exc
+                raise audit_dataset.read_error(exc, db_path) from exc
         finally:
             conn.close()
         return cls(db_path, payload_path, anchor, rows)
@@ -543,7 +542,7 @@ class _View:
         try:
             rows = conn.execute(SELECT_NEWER_SQL, (self.max_id,)).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise DatasetError(f"cannot read {self.db_path}: {exc}") from exc
+            raise audit_dataset.read_error(exc, self.db_path) from exc
         finally:
             conn.close()
         if not rows:
@@ -674,6 +673,7 @@ def _events_at(items):
 
 
 _BAD = object()
+_JSON_SPACE = " \t\n\r"  # the only white space JSON allows around a value
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())
 
 
@@ -693,7 +693,7 @@ def _decode(raw, length):
         value, end = _scan_json(text, 0)
     except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
         return _BAD
-    if end != len(text) and not text[end:].isspace():
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
         return _BAD
     return value
 

@@ -169,6 +169,25 @@ class DamagedDatabaseTest(unittest.TestCase):
                 f.write(b"this is not an SQLite database\n" * 200)
         self.assert_schema_error(make_db, "not a readable SQLite database")
 
+    def test_a_damaged_database_is_the_same_error_from_both_modules(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeded(tmp, rows=300)
+            db_path = audit_dataset.resolve_paths(tmp)[1]
+            with open(db_path, "r+b") as f:
+                f.seek(5000)
+                f.write(b"\xff" * 4000)
+            kinds = []
+            for module in MODULES:
+                with self.subTest(module=name_of(module)), \
+                        using_dataset(tmp, [module]):
+                    with self.assertRaisesRegex(
+                            DatasetSchemaError,
+                            "not a readable SQLite database") as caught:
+                        module.query_events(Query(0, 2 ** 40))
+                    self.assertIn(db_path, str(caught.exception))
+                    kinds.append(type(caught.exception))
+            self.assertEqual(len(set(kinds)), 1, kinds)
+
     def test_a_database_without_the_table_names_the_table(self):
         def make_db(path):
             with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -314,6 +333,14 @@ class DamagedPayloadTest(unittest.TestCase):
 
     def test_a_payload_that_is_not_utf8_is_refused(self):
         self.assert_payload_error(dict(payload=b'{"a": "\xff\xfe"}\n'))
+
+    def test_white_space_that_json_does_not_allow_after_a_payload_is_refused(
+            self):
+        # Form feed, U+0085 and U+3000 are white space to str.isspace but
+        # not to JSON, which allows only space, tab, CR and LF.
+        for tail in (b"\x0c\n", b"\x0b\n", b"\xc2\x85\n", b"\xe3\x80\x80\n"):
+            with self.subTest(tail=tail):
+                self.assert_payload_error(dict(payload=b'{"a": 1}' + tail))
 
     def test_a_payload_nested_too_deeply_is_refused_by_both_modules(self):
         self.assert_payload_error(dict(payload=DEEP_JSON))
