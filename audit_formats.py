@@ -219,7 +219,7 @@ def _json_lines(path, text):
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line)
+            yield f"line {number}", _loads(line)
         except ValueError as exc:
             raise AuditImportError(
                 f"{path}: line {number}: invalid JSON: {exc}") from exc
@@ -231,7 +231,7 @@ def _cloudtrail_records(path, text):
     if not lines:
         return
     try:
-        document = json.loads(text)
+        document = _loads(text)
     except ValueError as exc:
         document_error = exc
         document = _MISSING
@@ -244,7 +244,7 @@ def _cloudtrail_records(path, text):
         return
     if document is _MISSING and len(lines) > 1:
         try:
-            json.loads(lines[0])
+            _loads(lines[0])
         except ValueError:
             # Not JSON lines either: the document's own error has the
             # right line and column.
@@ -300,14 +300,14 @@ def detect_format(path):
     if not lines:
         return None, {}, "empty file"
     try:
-        document = json.loads(text)
+        document = _loads(text)
     except ValueError:
         document = None
     if isinstance(document, dict) and isinstance(
             document.get("Records"), list):
         return "cloudtrail", {}, ""
     try:
-        first = json.loads(lines[0])
+        first = _loads(lines[0])
     except ValueError:
         return None, {}, f"not JSON (first line: {short_repr(lines[0], 40)})"
     if not isinstance(first, dict):
@@ -500,8 +500,7 @@ class Mapper:
             return ""
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return value
-        if not isinstance(value, str):
-            value = _text(label, value)
+        value = _text(label, value)
         if _CANONICAL_INT_RE.fullmatch(value):
             number = int(value)
             if INT64_MIN <= number <= INT64_MAX:
@@ -519,12 +518,33 @@ class Mapper:
         return value
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON (only Python's json accepts it)")
+
+
+def _loads(text):
+    """json.loads, refusing NaN and Infinity: strict JSON only, so that
+    every payload a query prints is JSON again."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _utf8_text(label, value):
+    """``value`` if it has a UTF-8 form; a lone surrogate has none."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AuditImportError(
+            f"field {label}: {short_repr(value)} holds a lone surrogate,"
+            " which no column can store") from None
+    return value
+
+
 def _text(label, value):
     """A text column's value: strings as they are, scalars as JSON."""
     if value is _MISSING or value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return _utf8_text(label, value)
     if isinstance(value, (dict, list)):
         raise AuditImportError(
             f"field {label}: expected text or a number, got"

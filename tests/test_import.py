@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import unittest
@@ -290,6 +291,30 @@ class CloudTrailTest(TempDirTestCase):
         with self.assertRaisesRegex(AuditImportError,
                                     r"ct\.jsonl: line 3: invalid JSON"):
             import_files([path], "cloudtrail", data_dir=self.data_dir)
+
+    def test_nan_in_a_record_is_refused_as_not_json(self):
+        path = self.write("ct.json", '{"Records": [{"eventTime":'
+                          ' "2023-07-10T12:00:00Z", "eventName": "X",'
+                          ' "extra": NaN}]}')
+        with self.assertRaisesRegex(AuditImportError,
+                                    r"ct\.json: .*NaN is not JSON"):
+            import_files([path], "cloudtrail", data_dir=self.data_dir)
+        self.assertFalse(os.path.exists(self.data_dir))
+
+    def test_a_lone_surrogate_in_a_column_is_named_not_a_crash(self):
+        for field, record in (
+                ("eventName", ct_record(name="Get\ud800User")),
+                ("userIdentity.arn", ct_record(identity={
+                    "arn": "arn:aws:iam::1:user/\udcff"}))):
+            with self.subTest(field=field):
+                path = self.write("ct.json", json.dumps({"Records": [record]}))
+                with self.assertRaisesRegex(
+                        AuditImportError,
+                        rf"record 1: field {re.escape(field)}: .* lone"
+                        " surrogate"):
+                    import_files([path], "cloudtrail",
+                                 data_dir=self.data_dir)
+                self.assertFalse(os.path.exists(self.data_dir))
 
     def test_malformed_delivery_file_names_line_and_column(self):
         path = self.write("ct.json", '{"Records": [\n{"eventTime": }\n]}')
