@@ -663,11 +663,19 @@ def build_parser():
     parser.set_defaults(func=cmd_bench)
     sub = parser.add_subparsers(dest="command")
 
-    seed = sub.add_parser("seed", help="generate a dataset")
-    seed.add_argument("--data-dir", default=None)
+    seed = sub.add_parser(
+        "seed", help="generate a dataset",
+        description="Generate a dataset, atomically.  Refuses a directory"
+                    " that already holds one: remove it (or choose another"
+                    " --data-dir) to seed again.")
+    seed.add_argument("--data-dir", default=None,
+                      help="where (created if needed; default: data/ or"
+                           " $AUDIT_LOG_DATA_DIR)")
     seed.add_argument("--rows", type=_positive_int,
-                      default=audit_seed.DEFAULT_ROWS)
-    seed.add_argument("--seed", type=int, default=audit_seed.DEFAULT_SEED)
+                      default=audit_seed.DEFAULT_ROWS,
+                      help="events to generate (50000)")
+    seed.add_argument("--seed", type=int, default=audit_seed.DEFAULT_SEED,
+                      help="seed of the generator (1337)")
     seed.add_argument("--anchor", type=int, default=None,
                       help="Unix time the dataset ends at (default: now)")
     seed.set_defaults(func=cmd_seed)
