@@ -432,28 +432,48 @@ def measure_build(db_path, payload_path, repeats=3):
             "events": snap.size}
 
 
-def measure_depths(anchor, first_ts, repeats):
+def measure_depths(views, repeats):
     """Single-threaded service time of a one-filter query at each page of
-    SCALE_PAGES: the median over ``repeats`` calls, in microseconds."""
-    query_events = enhanced_audit_log_service.query_events
-    service_us = {}
-    for page in SCALE_PAGES:
-        q = Query(first_ts, anchor, action="UPDATE", page=page,
-                  page_size=SCALE_PAGE_SIZE)
-        if len(query_events(q)) != SCALE_PAGE_SIZE:
-            raise audit_dataset.DatasetError(
-                f"page {page} of {q!r} is not full: the dataset is too"
-                " small for the scale table")
-        service_us[page] = _median_time(lambda: query_events(q),
-                                        repeats) * 1e6
-    return service_us
+    SCALE_PAGES on each view (by its size): the median over ``repeats``
+    calls, in microseconds.
+
+    A call is what query_events does once the view is fresh: find the
+    page, read and decode its payloads.  Every (size, page) pair takes
+    its turn call by call, so that a machine that speeds up or slows down
+    during the measurement affects all of them alike.
+    """
+    module = enhanced_audit_log_service
+    calls = {}
+    for rows, view in views.items():
+        first_ts = ~view.base.keys[-1]
+        for page in SCALE_PAGES:
+            q = Query(first_ts, view.anchor, action="UPDATE", page=page,
+                      page_size=SCALE_PAGE_SIZE)
+            items, _ = view.page(q)
+            if len(items) != SCALE_PAGE_SIZE:
+                raise audit_dataset.DatasetError(
+                    f"page {page} of {q!r} is not full: the dataset of"
+                    f" {rows:,} events is too small for the scale table")
+            calls[rows, page] = (view, q)
+    times = {key: [] for key in calls}
+    clock = time.perf_counter
+    events_at = module._events_at
+    for _ in range(repeats):
+        for key, (view, q) in calls.items():
+            started = clock()
+            events_at(view.page(q)[0])
+            times[key].append(clock() - started)
+    result = {rows: {} for rows in views}
+    for (rows, page), spent in times.items():
+        result[rows][page] = statistics.median(spent) * 1e6
+    return result
 
 
 def scale_table(sizes, seed=audit_seed.DEFAULT_SEED, repeats=200,
                 progress=True):
     """Measure every size: seeding, fetch, build, bytes per event and the
     service time at each depth.  Returns one dict per size."""
-    report = []
+    report, views = [], {}
     for rows in sizes:
         data_dir = os.path.join(audit_dataset.DATA_DIR,
                                 f"generated-{rows}-seed-{seed}")
@@ -464,22 +484,22 @@ def scale_table(sizes, seed=audit_seed.DEFAULT_SEED, repeats=200,
             audit_seed.seed_dataset(data_dir, rows=rows, seed=seed,
                                     progress=progress)
             seeded_s = time.perf_counter() - started
-        paths = _use_data_dir(data_dir)
+        _, db_path, payload_path = audit_dataset.resolve_paths(data_dir)
         if progress:
             print(f"scale: {rows:,} events: fetch and build",
                   file=sys.stderr, flush=True)
-        figures = measure_build(paths[1], paths[2])
+        figures = measure_build(db_path, payload_path)
         figures["rows"] = rows
         figures["seed_s"] = seeded_s
-        enhanced_audit_log_service.init()
-        snap = enhanced_audit_log_service._current().base
-        if progress:
-            print(f"scale: {rows:,} events: service time by depth",
-                  file=sys.stderr, flush=True)
-        figures["service_us"] = measure_depths(snap.anchor, ~snap.keys[-1],
-                                               repeats)
         report.append(figures)
-        enhanced_audit_log_service._snapshot = None  # free it
+        views[rows] = enhanced_audit_log_service._View.load(db_path,
+                                                            payload_path)
+    if progress:
+        print("scale: service time by size and depth", file=sys.stderr,
+              flush=True)
+    service_us = measure_depths(views, repeats)
+    for figures in report:
+        figures["service_us"] = service_us[figures["rows"]]
     return report
 
 
