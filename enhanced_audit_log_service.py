@@ -159,7 +159,7 @@ def _current():
     view = _snapshot
     if (view is None or view.db_path != DB_PATH
             or view.payload_path != PAYLOAD_FILE):
-        return _rebuild(view)
+        return _rebuild()
     try:
         stat = os.stat(view.payload_path)
     except FileNotFoundError as exc:
@@ -175,7 +175,7 @@ def _current():
     return _refresh(view)
 
 
-def _rebuild(seen):
+def _rebuild():
     """Build the view from scratch, once for all the threads waiting."""
     with _lock:
         view = _snapshot
