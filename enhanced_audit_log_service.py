@@ -155,24 +155,31 @@ def _pick_query():
 
 def _current():
     """The published view, made fresh: built if needed, refreshed when the
-    dataset changed.  Knowing that nothing changed costs one stat."""
+    dataset changed.  Knowing that nothing changed costs one stat.
+
+    Whatever view is returned was checked against the files after this
+    call began, so it holds every event recorded before that.
+    """
     view = _snapshot
     if (view is None or view.db_path != DB_PATH
             or view.payload_path != PAYLOAD_FILE):
-        return _rebuild()
-    try:
-        stat = os.stat(view.payload_path)
-    except FileNotFoundError as exc:
-        raise DatasetMissingError(
-            f"payload file not found: {view.payload_path}") from exc
-    # Every write appends to the payload file before it inserts its row,
-    # so a clean view (its rows account for every byte) is fresh while
-    # the file keeps its size.  A dirty one also asks SQLite.
-    if (stat.st_size == view.payload_size
-            and _identity(stat) == view.payload_identity
-            and (view.clean or _newest_id(view) == view.max_id)):
+        view = _rebuild()
+    if _is_fresh(view):
         return view
     return _refresh(view)
+
+
+def _is_fresh(view):
+    """Whether ``view`` holds every event recorded before this call.
+
+    Every write appends to the payload file before it inserts its row, so
+    a clean view (its rows account for every byte) is fresh while the
+    file keeps its size and inode.  A dirty one also asks SQLite.
+    """
+    stat = _stat_payload(view.payload_path)
+    return (stat.st_size == view.payload_size
+            and _identity(stat) == view.payload_identity
+            and (view.clean or _newest_id(view) == view.max_id))
 
 
 def _rebuild():
@@ -199,8 +206,13 @@ def _refresh(seen):
     global _snapshot, _refreshes, _compactor
     with _lock:
         view = _snapshot
-        if view is not seen:
-            return view  # another thread refreshed after our check
+        if view is None or view.db_path != DB_PATH \
+                or view.payload_path != PAYLOAD_FILE:
+            return _build_locked()
+        # Another thread may have published a view meanwhile, but from
+        # what it read before our check: it must pass the check too.
+        if view is not seen and _is_fresh(view):
+            return view
         fresh = view.refreshed()
         if fresh is None:  # the files were replaced, or shrank
             return _build_locked()
@@ -227,7 +239,8 @@ def _compact(started_from):
         with _lock:
             view = _snapshot
             if (view is not None and view.base is started_from.base
-                    and fresh.payload_identity == view.payload_identity):
+                    and fresh.payload_identity == view.payload_identity
+                    and fresh.db_identity == view.db_identity):
                 _snapshot = view.rebased(fresh.base)
                 _compactions += 1
     except Exception:  # the next refresh over the limit tries again
@@ -239,8 +252,16 @@ def _compact(started_from):
 
 def _newest_id(view):
     """The largest id in the database, on a connection this thread keeps
-    for the view's base snapshot: a base rebuilt after the files were
-    replaced gets a connection to the new database file."""
+    for the view's base snapshot; None when the database file is not the
+    one the view was built from (replaced after the payload file, as an
+    import does), so that the view is refreshed and then rebuilt."""
+    try:
+        stat = os.stat(view.db_path)
+    except FileNotFoundError as exc:
+        raise DatasetMissingError(
+            f"audit database not found: {view.db_path}") from exc
+    if _identity(stat) != view.db_identity:
+        return None
     if getattr(_local, "base", None) is not view.base:
         _local.conn = audit_dataset.connect_readonly(view.db_path)
         _local.base = view.base
@@ -497,10 +518,10 @@ class _View:
 
     __slots__ = ("db_path", "payload_path", "anchor", "base", "delta",
                  "delta_rows", "max_id", "accounted", "payload_size",
-                 "payload_identity", "clean")
+                 "payload_identity", "db_identity", "clean")
 
     def __init__(self, base, delta, delta_rows, max_id, accounted,
-                 payload_size, payload_identity):
+                 payload_size, payload_identity, db_identity):
         self.db_path = base.db_path
         self.payload_path = base.payload_path
         self.anchor = base.anchor
@@ -511,6 +532,7 @@ class _View:
         self.accounted = accounted
         self.payload_size = payload_size
         self.payload_identity = payload_identity
+        self.db_identity = db_identity
         self.clean = accounted == payload_size
 
     def rebased(self, base):
@@ -522,21 +544,23 @@ class _View:
                  if rows else None)
         return _View(base, delta, rows, max(self.max_id, base.max_id),
                      base.accounted + sum(map(itemgetter(7), rows)),
-                     -1, self.payload_identity)
+                     -1, self.payload_identity, self.db_identity)
 
     @classmethod
     def load(cls, db_path, payload_path):
         stat = _stat_payload(payload_path)  # before the rows are read
+        db_identity = _db_identity(db_path)
         base = Snapshot.load(db_path, payload_path)
         return cls(base, None, [], base.max_id, base.accounted,
-                   stat.st_size, _identity(stat))
+                   stat.st_size, _identity(stat), db_identity)
 
     def refreshed(self):
         """A view with the rows written since this one; None when the
         dataset was replaced or shrank."""
         stat = _stat_payload(self.payload_path)
         if (_identity(stat) != self.payload_identity
-                or stat.st_size < self.payload_size):
+                or stat.st_size < self.payload_size
+                or _db_identity(self.db_path) != self.db_identity):
             return None
         conn = audit_dataset.connect_readonly(self.db_path)
         try:
@@ -548,7 +572,7 @@ class _View:
         if not rows:
             return _View(self.base, self.delta, self.delta_rows,
                          self.max_id, self.accounted, stat.st_size,
-                         self.payload_identity)
+                         self.payload_identity, self.db_identity)
         # The old rows are one sorted run; timsort merges the new ones in.
         delta_rows = sorted(self.delta_rows + rows, key=_row_order)
         delta = Snapshot(self.db_path, self.payload_path, self.anchor,
@@ -556,7 +580,7 @@ class _View:
         return _View(self.base, delta, delta_rows,
                      max(self.max_id, delta.max_id),
                      self.accounted + sum(map(itemgetter(7), rows)),
-                     stat.st_size, self.payload_identity)
+                     stat.st_size, self.payload_identity, self.db_identity)
 
     def page(self, q):
         """``(items, has_more)``: the page as (snapshot, position) pairs
@@ -588,6 +612,14 @@ class _View:
 def _identity(stat):
     """Which file a stat describes: a replaced file has another inode."""
     return stat.st_ino, stat.st_dev
+
+
+def _db_identity(db_path):
+    try:
+        return _identity(os.stat(db_path))
+    except FileNotFoundError as exc:
+        raise DatasetMissingError(
+            f"audit database not found: {db_path}") from exc
 
 
 def _row_order(row):

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -28,6 +29,7 @@ import unittest
 
 import audit_dataset
 import audit_log_service
+import audit_writer
 import enhanced_audit_log_service
 from audit_query import Query
 from tests import (MODULES, event, for_both_modules, temporary_dataset,
@@ -761,3 +763,88 @@ class BackgroundRebuildTest(unittest.TestCase):
             self.assertEqual(module.query_events(q),
                              audit_log_service.query_events(q))
             self.assertEqual(len(module.query_events(q)), 34)
+
+
+class ReadYourWritesRaceTest(unittest.TestCase):
+    """A view another thread publishes while a request waits for the lock
+    was read before that request began; the request must not serve it
+    without checking it against the files again."""
+
+    def record_during(self, method_name):
+        """Record an event while another thread is inside ``method_name``
+        of the enhanced module (after it read the rows, before it
+        publishes), then query it at once."""
+        module = enhanced_audit_log_service
+        target = module.Snapshot if method_name == "load" else module._View
+        saved = target.__dict__[method_name]
+        real = getattr(target, method_name)
+        inside, recorded = threading.Event(), threading.Event()
+
+        def slow(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if threading.current_thread().name == "slow-reader":
+                inside.set()
+                recorded.wait(10)
+            return result
+
+        q = Query(0, 10 ** 6, action="FRESH")
+        with temporary_dataset([event(100 + i) for i in range(30)]):
+            if method_name == "refreshed":
+                module.init()
+                module.record_event(1, "UPDATE", "ORDER", "ORDER-1", {},
+                                    created_at=50)
+            setattr(target, method_name, slow)
+            try:
+                reader = threading.Thread(
+                    target=module.query_events, name="slow-reader",
+                    args=(Query(0, 10 ** 6),))
+                reader.start()
+                self.assertTrue(inside.wait(10))
+                new_id = audit_log_service.record_event(
+                    2, "FRESH", "ORDER", "ORDER-2", {"fresh": True},
+                    created_at=150)
+                waiter = threading.Thread(target=lambda: (
+                    time.sleep(0.2), recorded.set()))
+                waiter.start()
+                got = module.query_events(q)
+                reader.join(10)
+                waiter.join(10)
+            finally:
+                setattr(target, method_name, saved)
+            self.assertEqual([e["id"] for e in got], [new_id])
+
+    def test_an_event_recorded_during_the_first_build_is_served(self):
+        enhanced_audit_log_service._snapshot = None
+        self.record_during("load")
+
+    def test_an_event_recorded_during_a_refresh_is_served(self):
+        self.record_during("refreshed")
+
+
+class ImportSwapTest(unittest.TestCase):
+    """An import moves the new payload file into place, then the new
+    database; a request in between must not pin the old database."""
+
+    def test_a_view_built_between_the_two_moves_sees_the_new_database(
+            self):
+        module = enhanced_audit_log_service
+        q = Query(0, 10 ** 6, page_size=100)
+        with temporary_dataset([event(100 + i) for i in range(10)]) as paths:
+            data_dir, db_path, payload_path = paths
+            self.assertEqual(len(module.query_events(q)), 10)
+            with tempfile.TemporaryDirectory(dir=data_dir) as staging:
+                new_db = os.path.join(staging, "audit.db")
+                new_payloads = os.path.join(staging, "payloads.jsonl")
+                shutil.copyfile(db_path, new_db)
+                shutil.copyfile(payload_path, new_payloads)
+                for i in range(5):
+                    audit_writer.append_event(
+                        new_db, new_payloads, 1, "UPDATE", "ORDER",
+                        f"ORDER-{i}", {"i": i}, created_at=200 + i)
+                os.replace(new_payloads, payload_path)
+                self.assertEqual(len(module.query_events(q)), 10)
+                self.assertEqual(len(module.query_events(q)), 10)
+                os.replace(new_db, db_path)
+            got = module.query_events(q)
+            self.assertEqual(got, audit_log_service.query_events(q))
+            self.assertEqual(len(got), 15)
