@@ -138,12 +138,15 @@ def connect_readonly(db_path):
 def read_error(exc, db_path):
     """The dataset error for an sqlite3 error met reading ``db_path``.
 
-    An OperationalError (a lock held past the busy timeout, an I/O error)
-    is a DatasetError; any other DatabaseError (not a database, a
-    malformed file) is a DatasetSchemaError.  Both modules use this, so
-    they raise the same types.  Raise it ``from exc``.
+    A lock held past the busy timeout is a DatasetError: the file is
+    fine, try again later.  Anything else (not a database, a malformed
+    or damaged file, text that is not UTF-8) is a DatasetSchemaError,
+    whichever row a query happened to meet first.  Both modules use this,
+    so they raise the same types.  Raise it ``from exc``.
     """
-    if isinstance(exc, sqlite3.OperationalError):
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in text or "busy" in text):
         return DatasetError(f"cannot read {db_path}: {exc}")
     return DatasetSchemaError(
         f"{db_path} is not a readable SQLite database: {exc}")
@@ -153,7 +156,8 @@ def check_schema(conn, db_path):
     """Raise DatasetSchemaError unless ``audit_events`` has every column."""
     try:
         info = conn.execute("PRAGMA table_info(audit_events)").fetchall()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        # A damaged schema page can hold names that are not UTF-8.
         raise read_error(exc, db_path) from exc
     if not info:
         raise DatasetSchemaError(
