@@ -522,10 +522,20 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON (only Python's json accepts it)")
 
 
+def _finite_float(text):
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large for a float: it would be"
+                         " written back as Infinity, which is not JSON")
+    return value
+
+
 def _loads(text):
-    """json.loads, refusing NaN and Infinity: strict JSON only, so that
-    every payload a query prints is JSON again."""
-    return json.loads(text, parse_constant=_no_constant)
+    """json.loads, refusing NaN and Infinity, also as a number too large
+    to hold: strict JSON only, so that every payload a query prints is
+    JSON again."""
+    return json.loads(text, parse_constant=_no_constant,
+                      parse_float=_finite_float)
 
 
 def _utf8_text(label, value):

@@ -437,8 +437,7 @@ def cmd_query(args):
         events = module.query_events(q)
     finally:
         module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = saved
-    lines = [json.dumps(event, ensure_ascii=False) + "\n"
-             for event in events]
+    lines = [_json_line(event) for event in events]
     out = getattr(sys.stdout, "buffer", None)
     if out is None:
         sys.stdout.write("".join(lines))
@@ -447,6 +446,17 @@ def cmd_query(args):
         out.write("".join(lines).encode("utf-8"))
         out.flush()
     return 0
+
+
+def _json_line(event):
+    """One event as a line of JSON text that encodes to UTF-8: a payload
+    holding a lone surrogate (JSON allows one, escaped) stays escaped."""
+    line = json.dumps(event, ensure_ascii=False) + "\n"
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(event) + "\n"
+    return line
 
 
 def _require_dataset(data_dir, db_path, payload_path):

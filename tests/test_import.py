@@ -17,8 +17,10 @@ import unittest
 
 import audit_dataset
 import audit_formats
+import audit_import
 import audit_real_logs
 import audit_seed
+import enhanced_audit_log_service
 import runner
 from audit_formats import AuditImportError, parse_time
 from audit_import import import_files
@@ -300,6 +302,28 @@ class CloudTrailTest(TempDirTestCase):
                                     r"ct\.json: .*NaN is not JSON"):
             import_files([path], "cloudtrail", data_dir=self.data_dir)
         self.assertFalse(os.path.exists(self.data_dir))
+
+    def test_a_number_too_large_for_a_float_is_refused(self):
+        path = self.write("ct.json", '{"Records": [{"eventTime":'
+                          ' "2023-07-10T12:00:00Z", "eventName": "X",'
+                          ' "extra": 1e400}]}')
+        with self.assertRaisesRegex(AuditImportError,
+                                    r"1e400 is too large for a float"):
+            import_files([path], "cloudtrail", data_dir=self.data_dir)
+        self.assertFalse(os.path.exists(self.data_dir))
+
+    def test_a_lone_surrogate_in_the_payload_is_kept_and_printable(self):
+        record = ct_record()
+        record["note"] = "\ud800"
+        path = self.write("ct.json", json.dumps({"Records": [record]}))
+        import_files([path], "cloudtrail", data_dir=self.data_dir)
+        with using_dataset(self.data_dir):
+            event = enhanced_audit_log_service.query_events(
+                Query(0, 2 ** 40))[0]
+        self.assertEqual(event["payload"], record)
+        line = audit_import._json_line(event)
+        line.encode("utf-8")  # would raise for a raw lone surrogate
+        self.assertEqual(json.loads(line), event)
 
     def test_a_lone_surrogate_in_a_column_is_named_not_a_crash(self):
         for field, record in (
