@@ -19,9 +19,8 @@ copies the dataset, adds to the copy and swaps it in.
 ``add_commands`` gives runner.py its ``import`` and ``query`` commands.
 
 Limitations: the whole input is parsed in memory before it is written;
-records are not deduplicated (CloudTrail may deliver an event twice); a
-running enhanced module keeps serving the snapshot it took before an
-import, so restart it after one.
+records are not deduplicated (CloudTrail may deliver an event twice).
+A running enhanced module notices the swapped files at its next request.
 """
 
 import collections
@@ -36,6 +35,7 @@ from operator import itemgetter
 import audit_dataset
 import audit_log_service
 import audit_seed
+import audit_writer
 import enhanced_audit_log_service
 from audit_formats import (FORMATS, AuditImportError, Mapper, check_fields,
                            parse_field_spec, parse_query_time, query_actor,
@@ -93,7 +93,10 @@ def import_files(paths, fmt, data_dir=None, mode="create",
     created_dir = not os.path.isdir(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     try:
-        with audit_seed.SeedLock(data_dir):
+        # The writers' lock too: a record_event landing between the copy
+        # of an append and its swap would be lost, and its id reused.
+        with audit_seed.SeedLock(data_dir), \
+                audit_writer.write_lock(data_dir):
             audit_seed.recover_interrupted_seed(data_dir)
             _remove_stale_builds(data_dir)
             existing = _existing_dataset(data_dir, db_path, payload_path,
@@ -330,7 +333,8 @@ def _remove_stale_builds(data_dir):
 def _remove_if_only_lock(data_dir):
     """Undo the creation of ``data_dir`` when a failed import made it."""
     try:
-        if set(os.listdir(data_dir)) <= {audit_seed.SEED_LOCK_NAME}:
+        if set(os.listdir(data_dir)) <= {audit_seed.SEED_LOCK_NAME,
+                                         audit_writer.WRITE_LOCK_NAME}:
             shutil.rmtree(data_dir)
     except OSError:
         pass

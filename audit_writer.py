@@ -9,6 +9,7 @@ an error.  Limitation: on Windows there is no ``fcntl``, so writes are
 serialized within one process only.
 """
 
+import contextlib
 import json
 import os
 import reprlib
@@ -80,8 +81,7 @@ def append_event(db_path, payload_path, actor_id, action, resource_type,
         if not os.path.isfile(path):
             raise DatasetMissingError(f"audit dataset file not found:"
                                       f" {path}")
-    with _write_lock, _FileLock(os.path.join(os.path.dirname(db_path),
-                                             WRITE_LOCK_NAME)):
+    with write_lock(os.path.dirname(db_path)):
         if created_at is None:
             created_at = int(time.time())
         conn = _connect_readwrite(db_path)
@@ -177,6 +177,16 @@ def _payload_line(payload):
 def _shown(value):
     # Short, and safe for payloads nested too deeply for repr().
     return reprlib.repr(value)
+
+
+@contextlib.contextmanager
+def write_lock(data_dir):
+    """Hold the writers' lock of ``data_dir``: the thread lock of this
+    process, then ``flock`` on ``data_dir/.write.lock`` for all processes.
+    ``append_event`` holds it for each write; an import holds it while it
+    swaps the dataset, so that no write lands in files being replaced."""
+    with _write_lock, _FileLock(os.path.join(data_dir, WRITE_LOCK_NAME)):
+        yield
 
 
 class _FileLock:

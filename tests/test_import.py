@@ -13,6 +13,8 @@ import os
 import re
 import sqlite3
 import tempfile
+import threading
+import time
 import unittest
 
 import audit_dataset
@@ -20,6 +22,7 @@ import audit_formats
 import audit_import
 import audit_real_logs
 import audit_seed
+import audit_writer
 import enhanced_audit_log_service
 import runner
 from audit_formats import AuditImportError, parse_time
@@ -670,7 +673,7 @@ class DatasetBuildTest(TempDirTestCase):
         with self.assertRaises(AuditImportError):
             import_files([bad], "cloudtrail", data_dir=self.data_dir)
         self.assertEqual(set(os.listdir(self.data_dir)) - {
-            audit_seed.SEED_LOCK_NAME}, set())
+            audit_seed.SEED_LOCK_NAME, audit_writer.WRITE_LOCK_NAME}, set())
 
     def test_failed_replace_and_append_keep_the_old_dataset(self):
         import_files([self.ct_file("a.json", "2023-07-10T11:54:39Z")],
@@ -920,3 +923,45 @@ class RealLogChecksTest(TempDirTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ImportAndWriteTest(TempDirTestCase):
+    """record_event during an append waits for the swap; nothing is lost
+    and no id is handed out twice."""
+
+    def test_an_event_recorded_during_an_append_is_kept(self):
+        first = self.write("a.json", {"Records": [ct_record()] * 3})
+        second = self.write("b.json", {"Records": [
+            ct_record(time="2023-07-10T11:55:00Z")] * 4})
+        import_files([first], "cloudtrail", data_dir=self.data_dir)
+        real_move = audit_import._move_into_place
+        moving = threading.Event()
+
+        def slow_move(*args):
+            moving.set()
+            time.sleep(0.3)  # the window an unlocked write would fall in
+            return real_move(*args)
+
+        audit_import._move_into_place = slow_move
+        try:
+            importer = threading.Thread(target=import_files, args=(
+                [second], "cloudtrail"), kwargs={"data_dir": self.data_dir,
+                                                 "mode": "append"})
+            importer.start()
+            self.assertTrue(moving.wait(10))
+            _, db_path, payload_path = audit_dataset.resolve_paths(
+                self.data_dir)
+            new_id = audit_writer.append_event(
+                db_path, payload_path, "writer", "Recorded", "ORDER",
+                "ORDER-1", {"recorded": True}, created_at=1688990000)
+            importer.join(10)
+        finally:
+            audit_import._move_into_place = real_move
+        with using_dataset(self.data_dir):
+            for module in MODULES:
+                events = module.query_events(Query(0, 2 ** 40,
+                                                   page_size=100))
+                self.assertEqual(len(events), 8)
+                self.assertEqual(len({e["id"] for e in events}), 8)
+                mine = [e for e in events if e["id"] == new_id]
+                self.assertEqual([e["action"] for e in mine], ["Recorded"])
