@@ -70,6 +70,10 @@ SELECT_NEWER_SQL = (
     "SELECT id, created_at, actor_id, action, resource_type, resource_id,"
     " payload_offset, payload_len FROM audit_events WHERE id > ?")
 NEWEST_ID_SQL = "SELECT max(id) FROM audit_events"
+# The newest event a view holds, as the database has it now: a different
+# answer means the files were replaced (even on reused inode numbers).
+SENTINEL_SQL = ("SELECT id, created_at, payload_offset, payload_len"
+                " FROM audit_events WHERE id = ?")
 
 FILTER_FIELDS = ("actor_id", "action", "resource_type", "resource_id")
 
@@ -362,7 +366,7 @@ class Snapshot:
 
     __slots__ = ("db_path", "payload_path", "anchor", "size", "keys", "ids",
                  "offsets", "lengths", "attributes", "max_id", "accounted",
-                 "columns")
+                 "columns", "newest")
 
     @classmethod
     def load(cls, db_path, payload_path):
@@ -409,6 +413,11 @@ class Snapshot:
                 (actors, actions, resource_types, resource_ids))}
         self.max_id = max(self.ids) if self.size else 0
         self.accounted = sum(self.lengths)
+        self.newest = None  # (id, created_at, offset, length), largest id
+        if self.size:
+            p = self.ids.index(self.max_id)
+            self.newest = (self.max_id, ~self.keys[p], self.offsets[p],
+                           self.lengths[p])
         # What building an event needs, in the order of its keys.
         self.columns = (self.keys, self.ids) + tuple(
             part for attribute in self.attributes.values()
@@ -518,7 +527,7 @@ class _View:
 
     __slots__ = ("db_path", "payload_path", "anchor", "base", "delta",
                  "delta_rows", "max_id", "accounted", "payload_size",
-                 "payload_identity", "db_identity", "clean")
+                 "payload_identity", "db_identity", "clean", "sentinel")
 
     def __init__(self, base, delta, delta_rows, max_id, accounted,
                  payload_size, payload_identity, db_identity):
@@ -534,6 +543,10 @@ class _View:
         self.payload_identity = payload_identity
         self.db_identity = db_identity
         self.clean = accounted == payload_size
+        # The row of the largest id the view holds, to recognise the
+        # database on the next refresh.
+        self.sentinel = (delta.newest if delta is not None
+                         and delta.max_id > base.max_id else base.newest)
 
     def rebased(self, base):
         """This view on a newer base: the delta keeps only the events the
@@ -564,6 +577,10 @@ class _View:
             return None
         conn = audit_dataset.connect_readonly(self.db_path)
         try:
+            if self.sentinel is not None and conn.execute(
+                    SENTINEL_SQL, self.sentinel[:1]).fetchone() != \
+                    self.sentinel:
+                return None  # not the database the view was built from
             rows = conn.execute(SELECT_NEWER_SQL, (self.max_id,)).fetchall()
         except sqlite3.DatabaseError as exc:
             raise audit_dataset.read_error(exc, self.db_path) from exc

@@ -848,3 +848,32 @@ class ImportSwapTest(unittest.TestCase):
             got = module.query_events(q)
             self.assertEqual(got, audit_log_service.query_events(q))
             self.assertEqual(len(got), 15)
+
+
+class SameInodeReplacementTest(unittest.TestCase):
+    """A dataset replaced by files that got the old inode numbers (a file
+    system reuses them after a delete) is still noticed, by the row of the
+    newest event the view holds."""
+
+    def test_files_rewritten_in_place_with_another_dataset_are_served(self):
+        module = enhanced_audit_log_service
+        q = Query(0, 10 ** 6, page_size=100)
+        old = [event(100 + i, actor_id=1) for i in range(10)]
+        new = [event(500 + i, actor_id=2, payload={"new": i, "pad": "x" * 40})
+               for i in range(12)]
+        with temporary_dataset(old) as paths:
+            _, db_path, payload_path = paths
+            self.assertEqual(len(module.query_events(q)), 10)
+            with tempfile.TemporaryDirectory() as other:
+                other_db, other_payloads = write_dataset(other, new)
+                for target, source in ((payload_path, other_payloads),
+                                       (db_path, other_db)):
+                    with open(source, "rb") as f:
+                        content = f.read()
+                    with open(target, "r+b") as f:  # same inode
+                        f.truncate(0)
+                        f.write(content)
+            got = module.query_events(q)
+            self.assertEqual(got, audit_log_service.query_events(q))
+            self.assertEqual([e["created_at"] for e in got],
+                             list(range(511, 499, -1)))
