@@ -17,12 +17,17 @@ import signal
 import sqlite3
 import urllib.parse
 
+try:
+    import fcntl
+except ImportError:  # Windows: locks then hold within one process only
+    fcntl = None
+
 __all__ = [
     "DATA_DIR", "DB_PATH", "PAYLOAD_FILE", "DEFAULT_DATA_DIR",
     "DatasetError", "DatasetMissingError", "DatasetSchemaError",
     "PayloadError", "resolve_paths", "connect_readonly", "check_schema",
     "check_column_types", "read_anchor", "decode_payload",
-    "check_payload_range", "crash_point",
+    "check_payload_range", "crash_point", "FileLock",
 ]
 
 DEFAULT_DATA_DIR = os.path.join(
@@ -264,3 +269,26 @@ def crash_point(name, variable):
     """
     if os.environ.get(variable) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FileLock:
+    """An exclusive ``flock`` on the lock file ``path`` (created if need
+    be), across processes; a no-op where there is no ``fcntl``.  A lock
+    file that cannot be opened is a DatasetError naming it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatasetError(f"cannot open the lock file {self.path}:"
+                               f" {exc}") from exc
+        if fcntl is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing releases the flock

@@ -24,12 +24,8 @@ import time
 
 from audit_dataset import (DB_NAME, DEFAULT_DATA_DIR, INDEX_SQL,
                            INSERT_SQL, PAYLOAD_NAME, SCHEMA_SQL,
-                           DatasetMissingError, crash_point)
+                           DatasetMissingError, FileLock, crash_point)
 
-try:
-    import fcntl
-except ImportError:  # Windows: seeding is then guarded within one process
-    fcntl = None
 
 __all__ = [
     "DEFAULT_ROWS", "DEFAULT_SEED", "ACTIONS", "RESOURCE_TYPES",
@@ -189,21 +185,9 @@ def write_generated(db_path, payload_path, rows, seed, anchor, progress,
     fsync_file(db_path)
 
 
-class SeedLock:
-    """An exclusive lock on ``DIR/.seed.lock``, across processes."""
-
-    def __init__(self, data_dir):
-        self.path = os.path.join(data_dir, SEED_LOCK_NAME)
-        self.fd = None
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # closing releases the flock
+def SeedLock(data_dir):
+    """The exclusive lock on ``DIR/.seed.lock``, across processes."""
+    return FileLock(os.path.join(data_dir, SEED_LOCK_NAME))
 
 
 def recover_interrupted_seed(data_dir):

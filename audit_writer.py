@@ -23,10 +23,6 @@ from audit_dataset import (DatasetError, DatasetMissingError, check_schema,
                            crash_point)
 from audit_query import _check_int, _check_text
 
-try:
-    import fcntl
-except ImportError:  # Windows: writes are then serialized within a process
-    fcntl = None
 
 __all__ = ["append_event", "integer_affinity"]
 
@@ -185,29 +181,9 @@ def write_lock(data_dir):
     process, then ``flock`` on ``data_dir/.write.lock`` for all processes.
     ``append_event`` holds it for each write; an import holds it while it
     swaps the dataset, so that no write lands in files being replaced."""
-    with _write_lock, _FileLock(os.path.join(data_dir, WRITE_LOCK_NAME)):
+    with _write_lock, audit_dataset.FileLock(
+            os.path.join(data_dir, WRITE_LOCK_NAME)):
         yield
-
-
-class _FileLock:
-    """An exclusive ``flock`` on an existing directory's lock file."""
-
-    def __init__(self, path):
-        self.path = path
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise DatasetError(f"cannot open the write lock {self.path}:"
-                               f" {exc}") from exc
-        if fcntl is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # closing releases the flock
 
 
 def _connect_readwrite(db_path):
