@@ -215,7 +215,7 @@ def check_equivalence(checks):
     with tempfile.TemporaryDirectory(prefix="audit-ties-") as tmp:
         audit_seed.seed_dataset(tmp, rows=3000, seed=7, anchor=10 ** 9,
                                 span_seconds=40, progress=False)
-        with _pointed_at(tmp):
+        with audit_dataset.pointed_at(runner.IMPLEMENTATIONS.values(), tmp):
             rng = random.Random(7)
             queries = []
             for _ in range(150):
@@ -232,23 +232,6 @@ def check_equivalence(checks):
             for label, cases in edge_queries(
                     audit_log_service.DB_PATH).items():
                 compare_on(cases, f"heavy ties, {label}", checks)
-
-
-class _pointed_at:
-    """Point both modules at another dataset for a block."""
-
-    def __init__(self, data_dir):
-        self.paths = audit_dataset.resolve_paths(data_dir)
-
-    def __enter__(self):
-        self.saved = [(m, m.DATA_DIR, m.DB_PATH, m.PAYLOAD_FILE)
-                      for m in runner.IMPLEMENTATIONS.values()]
-        for module in runner.IMPLEMENTATIONS.values():
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = self.paths
-
-    def __exit__(self, *exc):
-        for module, *paths in self.saved:
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
 
 
 def check_real_logs(checks):

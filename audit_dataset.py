@@ -11,6 +11,7 @@ and ``audit_import`` (from real logs); adding to one is ``audit_writer``.
 A dataset that already exists is never modified, except by those writes.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ __all__ = [
     "DatasetError", "DatasetMissingError", "DatasetSchemaError",
     "PayloadError", "resolve_paths", "connect_readonly", "check_schema",
     "check_column_types", "read_anchor", "decode_payload",
-    "check_payload_range", "crash_point", "FileLock",
+    "check_payload_range", "crash_point", "FileLock", "pointed_at",
 ]
 
 DEFAULT_DATA_DIR = os.path.join(
@@ -292,3 +293,18 @@ class FileLock:
 
     def __exit__(self, *exc):
         os.close(self.fd)  # closing releases the flock
+
+
+@contextlib.contextmanager
+def pointed_at(modules, data_dir):
+    """Point each query module's DATA_DIR, DB_PATH and PAYLOAD_FILE at the
+    dataset in ``data_dir`` for a block, then back; yields the paths."""
+    paths = resolve_paths(data_dir)
+    saved = [(m, m.DATA_DIR, m.DB_PATH, m.PAYLOAD_FILE) for m in modules]
+    try:
+        for module in modules:
+            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
+        yield paths
+    finally:
+        for module, *old in saved:
+            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = old

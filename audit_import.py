@@ -435,12 +435,8 @@ def cmd_query(args):
             raise
         raise AuditImportError(str(exc)) from exc
     module = IMPLEMENTATIONS[args.impl]
-    saved = module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE
-    module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
-    try:
+    with audit_dataset.pointed_at([module], paths[0]):
         events = module.query_events(q)
-    finally:
-        module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = saved
     lines = [_json_line(event) for event in events]
     out = getattr(sys.stdout, "buffer", None)
     if out is None:

@@ -90,12 +90,8 @@ def _check_dataset(name, paths, fmt, options, data_dir):
                    result.total == n_records,
                    f"{result.total} events, {n_records} records"))
 
-    saved = [(m, m.DATA_DIR, m.DB_PATH, m.PAYLOAD_FILE)
-             for m in IMPLEMENTATIONS.values()]
-    paths_now = audit_dataset.resolve_paths(data_dir)
-    try:
-        for module in IMPLEMENTATIONS.values():
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths_now
+    with audit_dataset.pointed_at(IMPLEMENTATIONS.values(),
+                                  data_dir) as paths_now:
         for name, check in (
                 ("payloads equal source records in id order",
                  lambda: _check_payloads(label, records, fmt, options)),
@@ -106,10 +102,6 @@ def _check_dataset(name, paths, fmt, options, data_dir):
             except Exception as exc:  # a failed check, not a crash
                 checks.append((f"{label}: {name}", False,
                                f"{type(exc).__name__}: {exc}"))
-    finally:
-        for module, data, db, payload in saved:
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = (
-                data, db, payload)
     return checks
 
 

@@ -538,36 +538,34 @@ def measure_freshness(data_dir, batches=FRESHNESS_BATCHES, progress=True):
         dst = audit_dataset.resolve_paths(tmp)
         shutil.copyfile(src[1], dst[1])
         shutil.copyfile(src[2], dst[2])
-        saved = module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE
-        module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = dst
-        try:
-            module._snapshot = None
-            module.init()
-            events = module._current().base.size
-            check_s = _median_time(module._current, 2001)
-            rng = random.Random(11)
-            now = int(time.time())
-            pickup_s = {}
-            for batch in batches:
-                if progress:
-                    print(f"freshness: recording {batch:,} events",
-                          file=sys.stderr, flush=True)
-                for _ in range(batch):
-                    module.record_event(
-                        rng.randint(1, 2000), "UPDATE", "ORDER",
-                        f"ORDER-{rng.randint(1, 50_000)}",
-                        {"note": "freshness probe"},
-                        created_at=now - rng.randrange(86400))
-                refreshes = module._refreshes
-                started = time.perf_counter()
-                module._current()
-                pickup_s[batch] = time.perf_counter() - started
-                if module._refreshes != refreshes + 1:
-                    raise RuntimeError("the batch was not taken in by a"
-                                       " delta refresh")
-        finally:
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = saved
-            module._snapshot = None
+        with audit_dataset.pointed_at([module], tmp):
+            try:
+                module._snapshot = None
+                module.init()
+                events = module._current().base.size
+                check_s = _median_time(module._current, 2001)
+                rng = random.Random(11)
+                now = int(time.time())
+                pickup_s = {}
+                for batch in batches:
+                    if progress:
+                        print(f"freshness: recording {batch:,} events",
+                              file=sys.stderr, flush=True)
+                    for _ in range(batch):
+                        module.record_event(
+                            rng.randint(1, 2000), "UPDATE", "ORDER",
+                            f"ORDER-{rng.randint(1, 50_000)}",
+                            {"note": "freshness probe"},
+                            created_at=now - rng.randrange(86400))
+                    refreshes = module._refreshes
+                    started = time.perf_counter()
+                    module._current()
+                    pickup_s[batch] = time.perf_counter() - started
+                    if module._refreshes != refreshes + 1:
+                        raise RuntimeError("the batch was not taken in by a"
+                                           " delta refresh")
+            finally:
+                module._snapshot = None  # free it
     return {"events": events, "unchanged_check_us": check_s * 1e6,
             "pickup_s": pickup_s}
 

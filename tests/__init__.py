@@ -77,18 +77,14 @@ def reset(module):
 @contextlib.contextmanager
 def using_dataset(data_dir, modules=MODULES):
     """Point ``modules`` at the dataset in ``data_dir`` for a block."""
-    saved = [(m, m.DATA_DIR, m.DB_PATH, m.PAYLOAD_FILE) for m in modules]
-    paths = audit_dataset.resolve_paths(data_dir)
-    try:
-        for module in modules:
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = paths
-            reset(module)
-        yield paths
-    finally:
-        for module, data, db, payload in saved:
-            module.DATA_DIR, module.DB_PATH, module.PAYLOAD_FILE = (
-                data, db, payload)
-            reset(module)
+    with audit_dataset.pointed_at(modules, data_dir) as paths:
+        try:
+            for module in modules:
+                reset(module)
+            yield paths
+        finally:
+            for module in modules:
+                reset(module)
 
 
 @contextlib.contextmanager
